@@ -1,0 +1,247 @@
+"""Load a Qwen3.5 checkpoint directory (HF layout, safetensors only) into the reference model.
+
+Handles the multimodal layout (`model.language_model.*`, `model.visual.*`,
+`lm_head.*`), the text-only layout (`model.*`), single-file and sharded
+(`model.safetensors.index.json`) checkpoints, MoE experts stored per expert or
+fused, tied or untied LM heads, and the multi-token-prediction head (`mtp.*`),
+which is recognised and set aside. Weights are read tensor by tensor from
+memory-mapped files into a model built on the meta device, so a load holds
+one copy of the weights (plus one tensor in flight for a dtype cast).
+
+Not here: pickled checkpoints (never loaded: they can run code), the vision
+tower's modules (they come with the vision work; their tensors are listed).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from exporter.config import ModelConfig, load_config
+from exporter.errors import CheckpointError
+from exporter.model import Qwen35Model
+
+_TEXT_PREFIXES = ("model.language_model.", "model.")
+_VISION_PREFIXES = ("model.visual.", "visual.")
+_MTP_PREFIX = "mtp."
+_EXPERT_PARTS = ("gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint holds beside the decoder: reported by `inspect`, kept for later use."""
+
+    files: list[str]
+    vision_keys: list[str] = field(default_factory=list)
+    mtp_keys: list[str] = field(default_factory=list)
+
+
+def checkpoint_files(path: Path) -> list[Path]:
+    """The safetensors files of a checkpoint directory, in shard order."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (OSError, KeyError, TypeError, json.JSONDecodeError) as err:
+            raise CheckpointError(f"{index}: unreadable shard index ({err}); re-download it") from err
+        files = [path / name for name in sorted(set(weight_map.values()))]
+    elif (path / "model.safetensors").is_file():
+        files = [path / "model.safetensors"]
+    else:
+        pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+        hint = f" (found {', '.join(pickles)}: pickled weights are never loaded; convert them to safetensors)" if pickles else ""
+        raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json{hint}")
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise CheckpointError(f"{path}: shards listed in the index are missing: {', '.join(missing)}")
+    return files
+
+
+def _open_all(files: list[Path], stack: ExitStack) -> dict[str, object]:
+    """key -> open safetensors handle holding it (memory-mapped)."""
+    handles: dict[str, object] = {}
+    for file in files:
+        try:
+            handle = stack.enter_context(safe_open(str(file), framework="pt"))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{file}: not a readable safetensors file ({err}); re-download or re-save it") from err
+        for key in handle.keys():
+            handles[key] = handle
+    return handles
+
+
+def _decoder_name(key: str) -> str | None:
+    """Our parameter name for a checkpoint key of the decoder, or None if the key is not the decoder's."""
+    if key.startswith(_VISION_PREFIXES) or key.startswith(_MTP_PREFIX):
+        return None
+    if key.startswith("lm_head."):
+        return key
+    for prefix in _TEXT_PREFIXES:
+        if key.startswith(prefix):
+            return key[len(prefix) :]
+    return key
+
+
+def _expert_key(name: str) -> tuple[str, int, str] | None:
+    """`layers.3.mlp.experts.7.up_proj.weight` -> ('layers.3.mlp.experts', 7, 'up_proj')."""
+    head, sep, tail = name.partition(".mlp.experts.")
+    parts = tail.split(".")
+    if sep and len(parts) == 3 and parts[0].isdigit() and parts[1] in _EXPERT_PARTS and parts[2] == "weight":
+        return f"{head}.mlp.experts", int(parts[0]), parts[1]
+    return None
+
+
+def _summarise(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return f"{shown} (and {len(names) - limit} more)" if len(names) > limit else shown
+
+
+class _Reader:
+    """Reads decoder tensors by our parameter name, casting each to `dtype` as it goes."""
+
+    def __init__(self, handles: dict[str, object], dtype: torch.dtype):
+        self.dtype = dtype
+        self.handles = handles
+        self.by_name: dict[str, str] = {}
+        self.experts: dict[str, dict[int, dict[str, str]]] = {}
+        for key in handles:
+            name = _decoder_name(key)
+            if name is None:
+                continue
+            expert = _expert_key(name)
+            if expert:
+                base, index, part = expert
+                self.experts.setdefault(base, {}).setdefault(index, {})[part] = key
+            else:
+                self.by_name[name] = key
+
+    def tensor(self, key: str) -> torch.Tensor:
+        try:
+            return self.handles[key].get_tensor(key).to(self.dtype)
+        except (SafetensorError, OSError, RuntimeError) as err:
+            raise CheckpointError(f"tensor {key}: unreadable ({err}); the file may be truncated") from err
+
+    def fused_experts(self, base: str, part: str, num_experts: int) -> torch.Tensor | None:
+        """Stack per-expert tensors into the fused layout ([E, 2I, D] gate_up, [E, D, I] down)."""
+        stored = self.experts.get(base)
+        if stored is None:
+            return None
+        if sorted(stored) != list(range(num_experts)) or any(set(p) != set(_EXPERT_PARTS) for p in stored.values()):
+            raise CheckpointError(f"{base}: experts stored per expert, but not all {num_experts} x {_EXPERT_PARTS} are present")
+        if part == "down_proj":
+            return torch.stack([self.tensor(stored[e]["down_proj"]) for e in range(num_experts)])
+        rows = [torch.cat([self.tensor(stored[e]["gate_proj"]), self.tensor(stored[e]["up_proj"])]) for e in range(num_experts)]
+        return torch.stack(rows)
+
+
+def _load_tensors(model: Qwen35Model, reader: _Reader) -> None:
+    """Assign every parameter of `model` from the reader; collect and report all problems at once."""
+    tied = model.config.tie_word_embeddings
+    expected = dict(model.named_parameters(remove_duplicate=True))
+    missing, misshaped, used = [], [], set()
+    tensors = {}
+    for name, param in expected.items():
+        base, _, part = name.rpartition(".")
+        value = None
+        if name in reader.by_name:
+            value = reader.tensor(reader.by_name[name])
+            used.add(name)
+        elif base.endswith("mlp.experts") and model.config.moe is not None:
+            value = reader.fused_experts(base, part, model.config.moe.num_experts)
+        if value is None:
+            missing.append(name)
+        elif value.shape != param.shape:
+            misshaped.append(f"{name} {tuple(value.shape)} != {tuple(param.shape)}")
+        else:
+            tensors[name] = value
+    # A tied checkpoint may still carry lm_head.weight (a copy of the embedding): harmless.
+    unexpected = [k for k in reader.by_name if k not in used and not (tied and k == "lm_head.weight")]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing: {_summarise(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected: {_summarise(unexpected)}")
+    if misshaped:
+        problems.append(f"{len(misshaped)} mis-shaped: {_summarise(misshaped)}")
+    if problems:
+        raise CheckpointError("checkpoint does not match its config.json: " + "; ".join(problems))
+    model.load_state_dict(tensors, strict=False, assign=True)
+    if tied:
+        model.lm_head.weight = model.embed_tokens.weight
+
+
+def load_model(
+    path: str | Path, dtype: torch.dtype = torch.float32
+) -> tuple[ModelConfig, Qwen35Model, CheckpointInfo]:
+    """Load config and decoder weights from a checkpoint directory, in `dtype`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a directory; give a checkpoint directory with config.json and safetensors")
+    config = load_config(path)
+    files = checkpoint_files(path)
+    with ExitStack() as stack:
+        handles = _open_all(files, stack)
+        reader = _Reader(handles, dtype)
+        with torch.device("meta"):
+            model = Qwen35Model(config.text)
+        _load_tensors(model, reader)
+        info = CheckpointInfo(
+            files=[f.name for f in files],
+            vision_keys=sorted(k for k in handles if k.startswith(_VISION_PREFIXES)),
+            mtp_keys=sorted(k for k in handles if k.startswith(_MTP_PREFIX)),
+        )
+    _materialise_buffers(model)
+    return config, model.eval(), info
+
+
+def _materialise_buffers(model: Qwen35Model) -> None:
+    """Non-persistent buffers (rotary tables) are computed, not loaded: rebuild them off the meta device."""
+    fresh = type(model.rotary)(model.config)
+    model.rotary = fresh
+
+
+def random_model(config: ModelConfig, dtype: torch.dtype = torch.float32, seed: int = 0) -> Qwen35Model:
+    """A model of this config with seeded random weights (presets and benchmarks: speed, not quality).
+
+    Built on the meta device and filled tensor by tensor in `dtype`, so the 2B
+    shape costs one copy of its weights and no default-init pass.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.device("meta"):
+        model = Qwen35Model(config.text)
+    tensors = {
+        name: _random_init(name, tuple(param.shape), generator).to(dtype)
+        for name, param in model.named_parameters()
+    }
+    model.load_state_dict(tensors, strict=False, assign=True)
+    if config.text.tie_word_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    _materialise_buffers(model)
+    return model.eval()
+
+
+def _random_init(name: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    if name.endswith("A_log"):
+        # Decay rates spread as at training init: A = exp(A_log) in (1, 16).
+        return torch.empty(shape).uniform_(0.0, 2.77, generator=generator)
+    if name.endswith("linear_attn.norm.weight"):
+        return 1.0 + 0.1 * torch.randn(shape, generator=generator)  # plain (not zero-centred) norm
+    if name.endswith(("norm.weight", "dt_bias")):
+        return 0.1 * torch.randn(shape, generator=generator)
+    if name.endswith("conv1d.weight"):
+        return 0.3 * torch.randn(shape, generator=generator)  # a handful of taps per channel
+    return 0.02 * torch.randn(shape, generator=generator)
+
+
+def iter_checkpoint_tensors(path: Path) -> Iterator[tuple[str, tuple[int, ...], str]]:
+    """(key, shape, dtype) of every tensor in a checkpoint, without reading the data."""
+    with ExitStack() as stack:
+        for key, handle in _open_all(checkpoint_files(path), stack).items():
+            sliced = handle.get_slice(key)
+            yield key, tuple(sliced.get_shape()), sliced.get_dtype()
