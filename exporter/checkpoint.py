@@ -15,6 +15,9 @@ tower's modules (they come with the vision work; their tensors are listed).
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -22,8 +25,9 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
-from exporter.config import ModelConfig, load_config
+from exporter.config import ModelConfig, load_config, text_to_hf
 from exporter.errors import CheckpointError
 from exporter.model import Qwen35Model
 
@@ -245,3 +249,45 @@ def iter_checkpoint_tensors(path: Path) -> Iterator[tuple[str, tuple[int, ...], 
         for key, handle in _open_all(checkpoint_files(path), stack).items():
             sliced = handle.get_slice(key)
             yield key, tuple(sliced.get_shape()), sliced.get_dtype()
+
+
+def save_checkpoint(config: ModelConfig, model: Qwen35Model, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write the decoder as a text-only HF checkpoint (`config.json`, `model.safetensors`), atomically.
+
+    The peers (transformers, ExecuTorch's and ONNX Runtime GenAI's exporters)
+    read this layout, so a preset can be compared with them on the same weights.
+    """
+    path = Path(path)
+    if path.exists():
+        raise CheckpointError(f"{path}: already exists; remove it or choose another directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        tensors = {}
+        for name, tensor in model.state_dict().items():
+            if name == "lm_head.weight" and config.text.tie_word_embeddings:
+                continue
+            key = name if name.startswith("lm_head.") else f"model.{name}"
+            tensors[key] = (tensor.to(dtype) if dtype else tensor).contiguous()
+        save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
+        text = text_to_hf(config.text, "qwen3_5_moe_text" if config.is_moe else "qwen3_5_text")
+        text["architectures"] = ["Qwen3_5MoeForCausalLM" if config.is_moe else "Qwen3_5ForCausalLM"]
+        (tmp / "config.json").write_text(json.dumps(text, indent=1) + "\n")
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def open_model(spec: str, dtype: torch.dtype = torch.float32) -> tuple[ModelConfig, Qwen35Model, CheckpointInfo | None]:
+    """A model from a checkpoint directory or a preset name (random weights, seed 0)."""
+    from exporter.config import PRESETS, preset
+
+    if spec in PRESETS and not Path(spec).exists():
+        config = preset(spec)
+        return config, random_model(config, dtype), None
+    if not Path(spec).exists():
+        raise CheckpointError(
+            f"{spec}: neither a checkpoint directory nor a preset; presets are {', '.join(PRESETS)}"
+        )
+    return load_model(spec, dtype)
