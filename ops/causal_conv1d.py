@@ -1,0 +1,133 @@
+"""The depthwise causal conv1d (+ SiLU) with carried state of Qwen3.5's DeltaNet layers: ``qwen35::causal_conv1d``.
+
+This module holds the math, two pure-PyTorch references (a token-by-token oracle and the conv form),
+the custom-op schema with its eager and fake kernels, and the plans for its ONNX translation and
+ExecuTorch lowering. It is not the DeltaNet layer: the in-projection before the conv and the q/k/v
+split after it live in the model. Qwen3.5's conv has no bias and always uses SiLU, so neither is an
+argument.
+
+Shapes: B batch, T time, C channels (the model's conv_dim = 2 * Hk * Dk + Hv * Dv), K taps (4).
+x, y ``[B, T, C]`` channels-last as the model produces them; weight ``[C, K]`` (checkpoints store
+conv1d.weight as ``[C, 1, K]``; the model squeezes it); state ``[B, C, K - 1]``.
+
+Math
+----
+The state holds the last K - 1 inputs. With z = concat(state, x) along time (length K - 1 + T)::
+
+    y[t, c]     = silu(sum_j weight[c, j] * z[t + j, c])      for t = 0 .. T - 1
+    final_state = z[T : T + K - 1]                            (the last K - 1 steps, also when T < K - 1)
+
+Starting from a zero state this is transformers' causal_conv1d_fn (left zero padding); one step
+from a given state is causal_conv1d_update. Math runs in x's dtype (as the model runs the conv in
+its own dtype); the state has x's dtype too.
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def _check_inputs(x, weight, initial_state) -> None:
+    """Raise ValueError naming the mismatched shape; the kernels assume these hold."""
+    if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[2]:
+        raise ValueError(
+            f"causal_conv1d: expected x [B, T, C] and weight [C, K] (squeeze conv1d.weight [C, 1, K]); "
+            f"got x {tuple(x.shape)}, weight {tuple(weight.shape)}."
+        )
+    expected = (x.shape[0], x.shape[2], weight.shape[1] - 1)
+    if initial_state is not None and initial_state.shape != expected:
+        raise ValueError(
+            f"causal_conv1d: expected initial_state [B, C, K - 1] = {expected} or None; "
+            f"got {tuple(initial_state.shape)}."
+        )
+
+
+def _start_state(x: torch.Tensor, weight: torch.Tensor, initial_state: Optional[torch.Tensor]) -> torch.Tensor:
+    """The state to start from, in x's dtype: [B, C, K - 1]."""
+    if initial_state is None:
+        return x.new_zeros(x.shape[0], x.shape[2], weight.shape[1] - 1)  # [B, C, K-1]
+    return initial_state.to(x.dtype)  # [B, C, K-1]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pure-PyTorch references
+# ---------------------------------------------------------------------------------------------------
+
+
+def recurrent_causal_conv1d(x, weight, *, initial_state: Optional[torch.Tensor]):
+    """Token-by-token oracle: a shift register of the last K - 1 inputs per channel. Returns (y, state)."""
+    weight = weight.to(x.dtype)  # [C, K]
+    state = _start_state(x, weight, initial_state)  # [B, C, K-1]
+    ys = []
+    for t in range(x.shape[1]):
+        window = torch.cat([state, x[:, t, :, None]], dim=-1)  # [B, C, K]
+        ys.append(F.silu((window * weight).sum(dim=-1)))  # [B, C]
+        state = window[:, :, 1:]  # [B, C, K-1]
+    return torch.stack(ys, dim=1), state  # [B, T, C], [B, C, K-1]
+
+
+def conv_causal_conv1d(x, weight, *, initial_state: Optional[torch.Tensor]):
+    """Conv form: one depthwise conv1d over concat(state, x). Returns (y [B, T, C], state [B, C, K-1])."""
+    steps, channels = x.shape[1], x.shape[2]
+    history = torch.cat([_start_state(x, weight, initial_state), x.transpose(1, 2)], dim=-1)  # [B, C, K-1+T]
+    y = F.conv1d(history, weight.to(x.dtype).unsqueeze(1), groups=channels)  # [B, C, T]
+    return F.silu(y).transpose(1, 2), history[:, :, steps:]  # [B, T, C], [B, C, K-1]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Schema and eager kernel
+# ---------------------------------------------------------------------------------------------------
+# torch.library.custom_op refuses keyword-only Tensor arguments, so initial_state is positional in
+# the schema; callers pass it by keyword: causal_conv1d(x, weight, initial_state=state).
+
+
+@torch.library.custom_op("qwen35::causal_conv1d", mutates_args=())
+def causal_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    initial_state: Optional[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Depthwise causal conv1d + SiLU with a carried state; returns (y [B, T, C], state [B, C, K - 1]).
+
+    x [B, T, C]; weight [C, K]; initial_state [B, C, K - 1] or None for zeros (never mutated).
+    y and the state have x's dtype. Eager kernel: the conv form, for prefill and decode alike.
+    """
+    _check_inputs(x, weight, initial_state)
+    y, state = conv_causal_conv1d(x, weight, initial_state=initial_state)
+    return y.contiguous(), state.contiguous()  # the conv form returns views of channels-first tensors
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fake kernel
+# ---------------------------------------------------------------------------------------------------
+
+
+@causal_conv1d.register_fake
+def _(x, weight, initial_state):
+    _check_inputs(x, weight, initial_state)
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)  # [B, T, C]
+    state = x.new_empty(x.shape[0], x.shape[2], weight.shape[1] - 1)  # [B, C, K-1]
+    return y, state
+
+
+# ---------------------------------------------------------------------------------------------------
+# ONNX translation (planned; implemented with the ONNX lowering)
+# ---------------------------------------------------------------------------------------------------
+# Map the node to ONNX Runtime's contrib op com.microsoft::CausalConvWithState (opset 1),
+# activation="silu": input (B, C, L) channels-first = x transposed, weight (C, 1, K) = our weight
+# unsqueezed, past_state (B, C, K - 1) = our state; outputs y (B, C, L), transposed back, and
+# present_state. With channels_last=1 it takes x [B, T, C] as is, but its state is then
+# (B, K - 1, C). Both layouts were checked by hand against this op on ORT 1.32 CPU (max abs 7e-7);
+# the default-domain CausalConvWithState (opset 27) has no CPU kernel there. Where no such op is
+# available, export `decomposition` instead.
+
+
+# ---------------------------------------------------------------------------------------------------
+# ExecuTorch lowering (planned; implemented with the ExecuTorch lowering)
+# ---------------------------------------------------------------------------------------------------
+# Replace the node by `decomposition`: cat + depthwise conv1d (XNNPACK lowers it as a 2-D
+# depthwise convolution) + SiLU + a slice for the new state, all aten ops that export with a
+# dynamic T and need no loop.
+
+decomposition = conv_causal_conv1d

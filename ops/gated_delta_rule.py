@@ -1,0 +1,297 @@
+"""The gated delta rule of Qwen3.5's linear-attention (Gated DeltaNet) layers: ``qwen35::gated_delta_rule``.
+
+This module holds the math, two pure-PyTorch references (a token-by-token oracle and a chunked
+form), the custom-op schema with its eager and fake kernels, and the plans for its ONNX translation
+and ExecuTorch lowering. It is not the DeltaNet layer: projections, the causal conv, the L2
+normalisation of q and k, the decay/beta parametrisation and the gated output norm live in the model.
+
+Shapes: B batch, T time, Hk query/key heads, Hv value heads (a multiple of Hk), Dk key dim, Dv value dim.
+q, k ``[B, T, Hk, Dk]``; v ``[B, T, Hv, Dv]``; g, beta ``[B, T, Hv]``; state ``[B, Hv, Dk, Dv]``.
+
+Math
+----
+Value head h reads q/k head ``h // (Hv // Hk)``. q and k arrive L2-normalised; the op scales q.
+With S the ``[Dk, Dv]`` state of one head, each step t does (g is the log-decay, g <= 0)::
+
+    S      <- exp(g_t) S
+    delta  =  beta_t (v_t - S^T k_t)          # the delta rule: write only what S mispredicts
+    S      <- S + k_t delta^T
+    o_t    =  S^T (scale q_t)
+
+Chunked (WY / UT-transform) form. Cut time into chunks of C steps, S_0 the state entering a chunk,
+gamma_i = g_1 + ... + g_i the decay accumulated inside it, and D_ij = exp(gamma_i - gamma_j) for
+j <= i. Unrolling the recurrence inside the chunk gives a unit lower-triangular system for the deltas::
+
+    (I + A) Delta = beta V - beta exp(gamma) K S_0,      A_ij = beta_i D_ij k_i.k_j  (j < i)
+    Delta = U - W S_0,   U = (I + A)^-1 beta V,   W = (I + A)^-1 beta exp(gamma) K
+    O     = exp(gamma) Q S_0 + ((Q K^T) * D, causal) Delta
+    S_C   = exp(gamma_C) S_0 + (exp(gamma_C - gamma) K)^T Delta
+
+Everything but the short loop over chunks is batched matmuls.
+
+Inverting I + A. A is strictly lower triangular, hence nilpotent, so (I + A)^-1 equals the Neumann
+product (I - A)(I + A^2)(I + A^4)... with log2(C) factors. That product is exact algebraically but
+not in floating point: its factors hold powers of A whose entries grow like binomial coefficients
+when keys are correlated, and the alternating sum then cancels catastrophically (fp32, keys
+sharing one direction, beta ~0.95: max error 4e-5 at C = 16, 0.4 at C = 32, 4e7 at C = 64 on an
+inverse whose entries are <= 1; see tests/ops/test_gated_delta_rule.py). We use the other
+log2(C)-step, matmul-only inverse instead: recursive doubling on diagonal blocks,
+[[T11, 0], [-T22 A21 T11, T22]] for block sizes 1, 2, 4, ..., C/2. It is as accurate as
+torch.linalg.solve_triangular (~1e-7), needs no per-row loop, and lowers to batched matmuls
+(XNNPACK). C must therefore be a power of two.
+
+Numerics. All math is fp32 whatever the input dtype; out is cast back to v's dtype, the state stays
+fp32. Decays are exponentiated only where they are products of steps, i.e. exp of sums of g <= 0:
+D_ij comes from segment sums g_(j+1) + ... + g_i (computed directly, not as a difference of two large
+cumulative sums, which would lose the small ones when |g| is large) and is masked to -inf above the
+diagonal before exp. So large |g| underflows to 0 instead of overflowing, and g = 0 gives exactly 1.
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+DEFAULT_CHUNK_SIZE = 64
+
+
+def _check_inputs(q, k, v, g, beta, initial_state) -> None:
+    """Raise ValueError naming the mismatched shape; the kernels assume these hold."""
+    batch, steps, k_heads, k_dim = k.shape
+    v_heads, v_dim = v.shape[-2:]
+    if q.shape != k.shape or v.shape[:2] != (batch, steps):
+        raise ValueError(
+            f"gated_delta_rule: expected q, k [B, T, Hk, Dk] and v [B, T, Hv, Dv] with equal B, T; "
+            f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}."
+        )
+    if v_heads % k_heads != 0:
+        raise ValueError(
+            f"gated_delta_rule: value heads ({v_heads}) must be a multiple of key heads ({k_heads}); "
+            f"check linear_num_value_heads / linear_num_key_heads in the config."
+        )
+    if g.shape != (batch, steps, v_heads) or beta.shape != g.shape:
+        raise ValueError(
+            f"gated_delta_rule: expected g and beta of shape [B, T, Hv] = {(batch, steps, v_heads)}; "
+            f"got g {tuple(g.shape)}, beta {tuple(beta.shape)}."
+        )
+    if initial_state is not None and initial_state.shape != (batch, v_heads, k_dim, v_dim):
+        raise ValueError(
+            f"gated_delta_rule: expected initial_state [B, Hv, Dk, Dv] = {(batch, v_heads, k_dim, v_dim)} "
+            f"or None; got {tuple(initial_state.shape)}."
+        )
+
+
+def _heads_first_fp32(q, k, v, g, beta, scale: float):
+    """Repeat q/k heads for grouped values, move heads before time, and go to fp32."""
+    groups = v.shape[2] // k.shape[2]
+    q = q.repeat_interleave(groups, dim=2) if groups > 1 else q  # [B, T, Hv, Dk]
+    k = k.repeat_interleave(groups, dim=2) if groups > 1 else k  # [B, T, Hv, Dk]
+    q, k, v = (x.transpose(1, 2).float() for x in (q, k, v))  # [B, Hv, T, D]
+    g, beta = (x.transpose(1, 2).float() for x in (g, beta))  # [B, Hv, T]
+    return q * scale, k, v, g, beta
+
+
+def _start_state(initial_state: Optional[torch.Tensor], k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The fp32 state to start from; k [B, H, ..., Dk] and v [B, H, ..., Dv] are heads-first."""
+    if initial_state is not None:
+        return initial_state.float()  # [B, H, Dk, Dv]
+    return v.new_zeros(v.shape[0], v.shape[1], k.shape[-1], v.shape[-1])  # [B, H, Dk, Dv]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pure-PyTorch references
+# ---------------------------------------------------------------------------------------------------
+
+
+def recurrent_gated_delta_rule(q, k, v, g, beta, *, scale: float, initial_state: Optional[torch.Tensor]):
+    """Token-by-token oracle (and the decode path): one state update per step. Returns (out, state)."""
+    out_dtype = v.dtype
+    q, k, v, g, beta = _heads_first_fp32(q, k, v, g, beta, scale)  # [B, Hv, T, D], [B, Hv, T]
+    state = _start_state(initial_state, k, v)  # [B, Hv, Dk, Dv]
+    outs = []
+    for t in range(q.shape[2]):
+        state = state * g[:, :, t, None, None].exp()  # [B, Hv, Dk, Dv]
+        k_t = k[:, :, t, None, :]  # [B, Hv, 1, Dk]
+        delta = beta[:, :, t, None, None] * (v[:, :, t, None, :] - k_t @ state)  # [B, Hv, 1, Dv]
+        state = state + k_t.transpose(-1, -2) @ delta  # [B, Hv, Dk, Dv]
+        outs.append(q[:, :, t, None, :] @ state)  # [B, Hv, 1, Dv]
+    return torch.cat(outs, dim=2).transpose(1, 2).to(out_dtype), state  # [B, T, Hv, Dv], [B, Hv, Dk, Dv]
+
+
+def segment_sums(g: torch.Tensor) -> torch.Tensor:
+    """[..., C] -> [..., C, C] with [i, j] = g[j+1] + ... + g[i] for j <= i and -inf above the diagonal.
+
+    Summed directly per segment (Mamba-2's segsum), not as cumsum[i] - cumsum[j]: with large |g| the
+    cumulative sums are large and their difference would lose the small steps in between.
+    """
+    size = g.shape[-1]
+    above = torch.ones(size, size, dtype=torch.bool, device=g.device).triu(1)
+    steps = g.unsqueeze(-1).expand(*g.shape, size).tril(-1)  # [..., C, C]: [i, j] = g_i where i > j, else 0
+    sums = steps.cumsum(dim=-2)  # [..., C, C]: [i, j] = sum of g_l over j < l <= i
+    return sums.masked_fill(above, float("-inf"))
+
+
+def invert_unit_lower(a: torch.Tensor) -> torch.Tensor:
+    """(I + a)^-1 for strictly lower-triangular a [..., C, C], C a power of two, by recursive doubling.
+
+    inv holds the inverses of the diagonal blocks of I + a, first of size 1 (all ones), then 2, 4, ...:
+    two neighbours T11, T22 with the block A21 between them merge into [[T11, 0], [-T22 A21 T11, T22]].
+    log2(C) rounds of batched matmuls; no per-row loop (see the module docstring for why not the
+    Neumann product).
+    """
+    size = a.shape[-1]
+    lead = a.shape[:-2]
+    inv = a.new_ones(*lead, size, 1, 1)  # [..., C, 1, 1]
+    block = 1
+    while block < size:
+        pairs = size // (2 * block)
+        diagonal = a.unflatten(-1, (pairs, 2 * block)).unflatten(-3, (pairs, 2 * block))  # [..., P, 2b, P, 2b]
+        diagonal = diagonal.diagonal(dim1=-4, dim2=-2).movedim(-1, -3)  # [..., P, 2b, 2b]
+        a21 = diagonal[..., block:, :block]  # [..., P, b, b]
+        inv = inv.unflatten(-3, (pairs, 2))  # [..., P, 2, b, b]
+        t11, t22 = inv[..., 0, :, :], inv[..., 1, :, :]  # [..., P, b, b]
+        t21 = -(t22 @ a21 @ t11)  # [..., P, b, b]
+        top = torch.cat([t11, torch.zeros_like(t11)], dim=-1)  # [..., P, b, 2b]
+        inv = torch.cat([top, torch.cat([t21, t22], dim=-1)], dim=-2)  # [..., P, 2b, 2b]
+        block *= 2
+    return inv.squeeze(-3)  # [..., C, C]
+
+
+def _pad_time(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Zero-pad dim 2 (time, heads-first layout) at the end."""
+    return F.pad(x, (0, 0, 0, pad)) if x.dim() == 4 else F.pad(x, (0, pad))
+
+
+def _chunk_terms(q, k, v, g, beta):
+    """Everything that does not depend on the carried state, for all chunks at once.
+
+    Inputs are heads-first and chunked: q, k [B, H, N, C, Dk], v [B, H, N, C, Dv], g, beta [B, H, N, C].
+    """
+    sums = segment_sums(g)  # [B, H, N, C, C]
+    decay = sums.exp()  # [B, H, N, C, C]: D_ij, zero above the diagonal
+    from_start = g.cumsum(dim=-1)  # [B, H, N, C]: gamma_i, a prefix sum of g <= 0 (no cancellation)
+    to_end = sums[..., -1, :]  # [B, H, N, C]: gamma_C - gamma_j as a direct suffix sum
+    k_beta = k * beta.unsqueeze(-1)  # [B, H, N, C, Dk]
+    a = ((k_beta @ k.transpose(-1, -2)) * decay).tril(-1)  # [B, H, N, C, C]
+    inv = invert_unit_lower(a)  # [B, H, N, C, C]
+    u = inv @ (v * beta.unsqueeze(-1))  # [B, H, N, C, Dv]
+    w = inv @ (k_beta * from_start.exp().unsqueeze(-1))  # [B, H, N, C, Dk]
+    attn = (q @ k.transpose(-1, -2)) * decay  # [B, H, N, C, C], causal incl. the diagonal
+    q_decayed = q * from_start.exp().unsqueeze(-1)  # [B, H, N, C, Dk]
+    k_decayed = k * to_end.exp().unsqueeze(-1)  # [B, H, N, C, Dk]
+    chunk_decay = from_start[..., -1].exp()[..., None, None]  # [B, H, N, 1, 1]
+    return u, w, attn, q_decayed, k_decayed, chunk_decay
+
+
+def chunked_gated_delta_rule(
+    q,
+    k,
+    v,
+    g,
+    beta,
+    *,
+    scale: float,
+    initial_state: Optional[torch.Tensor],
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    pad_to: Optional[int] = None,
+):
+    """Chunked (WY / UT-transform) form: batched matmuls plus a loop over chunks. Returns (out, state).
+
+    ``pad_to`` pads time to that static length (>= T) so that the number of chunk iterations,
+    ceil(pad_to / chunk_size), does not depend on a dynamic T; padded steps (g = 0, beta = 0, k = 0)
+    leave the state unchanged and their outputs are dropped.
+    """
+    if chunk_size < 1 or chunk_size & (chunk_size - 1):
+        raise ValueError(f"chunked_gated_delta_rule: chunk_size must be a power of two, got {chunk_size}.")
+    out_dtype, steps = v.dtype, v.shape[1]
+    length = steps if pad_to is None else pad_to
+    if length < steps:
+        raise ValueError(f"chunked_gated_delta_rule: pad_to ({pad_to}) is shorter than the sequence ({steps}).")
+    padded = length + (-length) % chunk_size  # static when pad_to is given
+    q, k, v, g, beta = _heads_first_fp32(q, k, v, g, beta, scale)  # [B, H, T, D], [B, H, T]
+    q, k, v, g, beta = (_pad_time(x, padded - steps) for x in (q, k, v, g, beta))
+    num_chunks = padded // chunk_size  # N, spelled out so that a static pad_to gives static shapes
+    q, k, v = (x.unflatten(2, (num_chunks, chunk_size)) for x in (q, k, v))  # [B, H, N, C, D]
+    g, beta = (x.unflatten(2, (num_chunks, chunk_size)) for x in (g, beta))  # [B, H, N, C]
+    u, w, attn, q_decayed, k_decayed, chunk_decay = _chunk_terms(q, k, v, g, beta)
+
+    state = _start_state(initial_state, k, v)  # [B, H, Dk, Dv]
+    outs = []
+    for i in range(num_chunks):
+        delta = u[:, :, i] - w[:, :, i] @ state  # [B, H, C, Dv]
+        outs.append(q_decayed[:, :, i] @ state + attn[:, :, i] @ delta)  # [B, H, C, Dv]
+        state = state * chunk_decay[:, :, i] + k_decayed[:, :, i].transpose(-1, -2) @ delta  # [B, H, Dk, Dv]
+    # Transpose, then drop the padding: a slice that is never contiguous, so export does not guard T != padded.
+    out = torch.cat(outs, dim=2).transpose(1, 2)[:, :steps]  # [B, T, H, Dv]
+    return out.to(out_dtype), state  # [B, T, H, Dv], [B, H, Dk, Dv]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Schema and eager kernel
+# ---------------------------------------------------------------------------------------------------
+# torch.library.custom_op refuses keyword-only Tensor arguments, so scale and initial_state are
+# positional in the schema; they keep the (q, k, v, g, beta, scale, initial_state) order and names,
+# and callers pass them by keyword: gated_delta_rule(q, k, v, g, beta, scale=s, initial_state=S).
+
+
+@torch.library.custom_op("qwen35::gated_delta_rule", mutates_args=())
+def gated_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float,
+    initial_state: Optional[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gated delta rule over a sequence with a carried state; returns (out [B, T, Hv, Dv], state [B, Hv, Dk, Dv]).
+
+    q, k [B, T, Hk, Dk] already L2-normalised; v [B, T, Hv, Dv]; g (log-decay, <= 0) and beta [B, T, Hv];
+    initial_state fp32 [B, Hv, Dk, Dv] or None for zeros (never mutated). out has v's dtype, the state is fp32.
+
+    Eager kernel: the chunked form for prefill (T > 1), one recurrent step for decode (T == 1).
+    """
+    _check_inputs(q, k, v, g, beta, initial_state)
+    form = recurrent_gated_delta_rule if q.shape[1] == 1 else chunked_gated_delta_rule
+    out, state = form(q, k, v, g, beta, scale=scale, initial_state=initial_state)
+    return out.contiguous(), state  # the references return out as a transposed view
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fake kernel
+# ---------------------------------------------------------------------------------------------------
+
+
+@gated_delta_rule.register_fake
+def _(q, k, v, g, beta, scale, initial_state):
+    _check_inputs(q, k, v, g, beta, initial_state)
+    batch, _, v_heads, v_dim = v.shape
+    out = torch.empty_like(v, memory_format=torch.contiguous_format)  # [B, T, Hv, Dv]
+    state = v.new_empty(batch, v_heads, k.shape[-1], v_dim, dtype=torch.float32)  # [B, Hv, Dk, Dv]
+    return out, state
+
+
+# ---------------------------------------------------------------------------------------------------
+# ONNX translation (planned; implemented with the ONNX lowering)
+# ---------------------------------------------------------------------------------------------------
+# Map the node to ONNX Runtime's contrib op com.microsoft::LinearAttention (opset 1),
+# update_rule="gated_delta", q_num_heads=Hk, kv_num_heads=Hv, scale=scale: q, k, v flattened to
+# packed [B, T, H*D]; decay = g and beta as [B, T, Hv]; past_state/present_state (B, H_kv, d_k, d_v)
+# are our [B, Hv, Dk, Dv]; output (B, T, Hv*Dv) unflattened to [B, T, Hv, Dv]. H_kv > H_q is its
+# "inverse GQA", with the same consecutive grouping (h // (Hv / Hk)): checked by hand against this op
+# on ORT 1.32 CPU, max abs 5e-8. The default-domain LinearAttention (opset 27) rejects H_q < H_kv,
+# so it does not fit. Where no such op is available, export `decomposition` instead.
+
+
+# ---------------------------------------------------------------------------------------------------
+# ExecuTorch lowering (planned; implemented with the ExecuTorch lowering)
+# ---------------------------------------------------------------------------------------------------
+# XNNPACK has no delta-rule kernel, so the node is replaced by `decomposition`, built only from aten
+# ops that export (matmul, cumsum, exp, masked_fill, diagonal, cat, pad, reshape): batched matmuls
+# go to XNNPACK, the rest to the portable kernels. The chunk loop is unrolled at trace time, so
+# under a dynamic T the lowering binds pad_to (functools.partial(decomposition, pad_to=max_len)):
+# ceil(pad_to / chunk_size) iterations whatever T is (tests/ops check that this exports). A graph
+# that serves decode too then pays every padded chunk for T == 1; recurrent_gated_delta_rule is
+# the one-step alternative, which the lowering can pick where T == 1 is static.
+
+decomposition = chunked_gated_delta_rule
