@@ -47,6 +47,7 @@ cumulative sums, which would lose the small ones when |g| is large) and is maske
 diagonal before exp. So large |g| underflows to 0 instead of overflowing, and g = 0 gives exactly 1.
 """
 
+import functools
 from typing import Optional
 
 import torch
@@ -162,10 +163,32 @@ def _pad_time(x: torch.Tensor, pad: int) -> torch.Tensor:
     return F.pad(x, (0, 0, 0, pad)) if x.dim() == 4 else F.pad(x, (0, pad))
 
 
-def _chunk_terms(q, k, v, g, beta):
+def solve_unit_lower(a: torch.Tensor, *rhs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(I + a)^-1 @ x for each x in rhs; a [..., C, C] strictly lower triangular, x [..., C, D]."""
+    inv = invert_unit_lower(a)  # [..., C, C]
+    return tuple(inv @ x for x in rhs)
+
+
+def solve_unit_lower_padded(a: torch.Tensor, *rhs: torch.Tensor, size: int) -> tuple[torch.Tensor, ...]:
+    """`solve_unit_lower` for a dynamic C <= size (a power of two): the export form.
+
+    a and the right-hand sides are zero-padded to `size` rows; since the matrix is lower triangular,
+    the first C rows of the padded solution are the solution. The doubling rounds are fixed by `size`,
+    so this exports with a dynamic C, at the cost of a size x size inverse whatever C is. Only leading
+    rows are gathered (index_select, not a slice: a sliced view is contiguous only when C == size,
+    and export would guard on that).
+    """
+    steps = a.shape[-1]
+    rows = torch.arange(steps, device=a.device)
+    inv = invert_unit_lower(F.pad(a, (0, size - steps, 0, size - steps)))  # [..., size, size]
+    return tuple((inv @ F.pad(x, (0, 0, 0, size - steps))).index_select(-2, rows) for x in rhs)  # [..., C, D]
+
+
+def _chunk_terms(q, k, v, g, beta, solve=solve_unit_lower):
     """Everything that does not depend on the carried state, for all chunks at once.
 
     Inputs are heads-first and chunked: q, k [B, H, N, C, Dk], v [B, H, N, C, Dv], g, beta [B, H, N, C].
+    `solve` applies (I + A)^-1 for the strictly lower-triangular chunk matrices A.
     """
     sums = segment_sums(g)  # [B, H, N, C, C]
     decay = sums.exp()  # [B, H, N, C, C]: D_ij, zero above the diagonal
@@ -173,9 +196,8 @@ def _chunk_terms(q, k, v, g, beta):
     to_end = sums[..., -1, :]  # [B, H, N, C]: gamma_C - gamma_j as a direct suffix sum
     k_beta = k * beta.unsqueeze(-1)  # [B, H, N, C, Dk]
     a = ((k_beta @ k.transpose(-1, -2)) * decay).tril(-1)  # [B, H, N, C, C]
-    inv = invert_unit_lower(a)  # [B, H, N, C, C]
-    u = inv @ (v * beta.unsqueeze(-1))  # [B, H, N, C, Dv]
-    w = inv @ (k_beta * from_start.exp().unsqueeze(-1))  # [B, H, N, C, Dk]
+    # u [B, H, N, C, Dv], w [B, H, N, C, Dk]
+    u, w = solve(a, v * beta.unsqueeze(-1), k_beta * from_start.exp().unsqueeze(-1))
     attn = (q @ k.transpose(-1, -2)) * decay  # [B, H, N, C, C], causal incl. the diagonal
     q_decayed = q * from_start.exp().unsqueeze(-1)  # [B, H, N, C, Dk]
     k_decayed = k * to_end.exp().unsqueeze(-1)  # [B, H, N, C, Dk]
@@ -224,6 +246,27 @@ def chunked_gated_delta_rule(
     # Transpose, then drop the padding: a slice that is never contiguous, so export does not guard T != padded.
     out = torch.cat(outs, dim=2).transpose(1, 2)[:, :steps]  # [B, T, H, Dv]
     return out.to(out_dtype), state  # [B, T, H, Dv], [B, H, Dk, Dv]
+
+
+def single_chunk_gated_delta_rule(q, k, v, g, beta, *, scale: float, initial_state, max_len: int):
+    """The whole sequence as one chunk of dynamic length T <= max_len (a power of two). Returns (out, state).
+
+    The export form: no loop at all, so one graph serves decode (T = 1) and prefill (T up to max_len)
+    with a dynamic T. Every term is sized by T except the chunk-matrix inverse, which is taken on the
+    matrix padded to max_len (solve_unit_lower_padded). Callers split longer prompts into pieces.
+    """
+    if max_len < 1 or max_len & (max_len - 1):
+        raise ValueError(f"single_chunk_gated_delta_rule: max_len must be a power of two, got {max_len}.")
+    out_dtype = v.dtype
+    q, k, v, g, beta = _heads_first_fp32(q, k, v, g, beta, scale)  # [B, H, T, D], [B, H, T]
+    q, k, v, g, beta = (x.unsqueeze(2) for x in (q, k, v, g, beta))  # one chunk: [B, H, 1, T, ...]
+    solve = functools.partial(solve_unit_lower_padded, size=max_len)
+    u, w, attn, q_decayed, k_decayed, chunk_decay = _chunk_terms(q, k, v, g, beta, solve)
+    state = _start_state(initial_state, k, v)  # [B, H, Dk, Dv]
+    delta = u[:, :, 0] - w[:, :, 0] @ state  # [B, H, T, Dv]
+    out = q_decayed[:, :, 0] @ state + attn[:, :, 0] @ delta  # [B, H, T, Dv]
+    state = state * chunk_decay[:, :, 0] + k_decayed[:, :, 0].transpose(-1, -2) @ delta  # [B, H, Dk, Dv]
+    return out.transpose(1, 2).to(out_dtype), state  # [B, T, H, Dv], [B, H, Dk, Dv]
 
 
 # ---------------------------------------------------------------------------------------------------

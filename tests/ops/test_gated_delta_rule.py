@@ -15,6 +15,7 @@ from ops.gated_delta_rule import (
     gated_delta_rule,
     invert_unit_lower,
     recurrent_gated_delta_rule,
+    single_chunk_gated_delta_rule,
 )
 
 # fp32 max-abs: inputs and outputs are O(1) and q, k unit-norm, so reassociating the fp32 sums
@@ -207,3 +208,29 @@ def test_export_with_dynamic_time_keeps_one_node():
     assert len(nodes) == 1
     longer = (*make_inputs(70, batch=1, seed=3)[0], kwargs["initial_state"])  # a T the trace never saw
     assert_pair_close(program.module()(*longer), Layer()(*longer))
+
+
+# --- the single-chunk export form (one graph for decode and prefill) ---
+
+
+@pytest.mark.parametrize("steps", [1, 2, 7, 31, 32])
+@pytest.mark.parametrize("g_low", [-2.0, -1e3])
+def test_single_chunk_matches_oracle(steps, g_low):
+    args, kwargs = make_inputs(steps, seed=steps, g_low=g_low)
+    expected = recurrent_gated_delta_rule(*args, **kwargs)
+    assert_pair_close(single_chunk_gated_delta_rule(*args, **kwargs, max_len=32), expected)
+
+
+def test_single_chunk_exports_with_dynamic_length():
+    class Rule(torch.nn.Module):
+        def forward(self, q, k, v, g, beta, state):
+            return single_chunk_gated_delta_rule(q, k, v, g, beta, scale=0.25, initial_state=state, max_len=32)
+
+    steps = torch.export.Dim("T", min=1, max=32)
+    args, kwargs = make_inputs(9, k_dim=16)
+    dims = ({1: steps},) * 5 + (None,)
+    program = torch.export.export(Rule(), (*args, kwargs["initial_state"]), dynamic_shapes=dims, strict=False)
+    for length in (1, 17, 32):
+        args, kwargs = make_inputs(length, k_dim=16, seed=length)
+        expected = recurrent_gated_delta_rule(*args, **kwargs)
+        assert_pair_close(program.module()(*args, kwargs["initial_state"]), expected)
