@@ -1,0 +1,61 @@
+"""What an exporter takes and returns: export options and the description of one written artifact.
+
+The contract between the lowerings (`exporter.executorch`, `exporter.onnx`), the
+bundle writer (`exporter.bundle`) and the runtime backends (`runtime/`):
+
+ExecuTorch (`model.pte`): method `forward(tokens int64 [1, T], input_pos int64 [1])
+-> logits float32 [1, V]` (the last position's logits), 1 <= T <= prefill_chunk;
+the state lives in mutable buffers; a call with input_pos = 0 starts a new
+sequence. Constant methods as ExecuTorch's LLM runner reads them.
+
+ONNX (`model.onnx`, `model.onnx.data` when external): inputs `input_ids` int64
+[B, T] and `position_ids` int64 [3, B, T] (M-RoPE t, h, w; equal rows for text),
+then per layer i the past state: full-attention layers `past_key_values.{i}.key`
+and `.value` [B, Hkv, P, Dh]; DeltaNet layers `past_key_values.{i}.conv`
+[B, C, K-1] and `.recurrent` float32 [B, Hv, Dk, Dv]. Outputs: `logits` [B, V]
+(last position) and `present.{i}.key|value|conv|recurrent` with the next state
+(key/value grow to P + T). 1 <= T <= prefill_chunk per call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from exporter.config import FULL, TextConfig
+from exporter.errors import QwenEdgeError
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    max_seq_len: int = 2048  # KV-cache capacity: prompt + generated tokens
+    prefill_chunk: int = 128  # most tokens one call takes; a power of two
+    quant: str = "fp32"
+    onnx_profile: str = "ort"  # "ort" (ONNX Runtime contrib ops) or "portable" (standard ONNX only)
+
+    def __post_init__(self):
+        chunk = self.prefill_chunk
+        if chunk < 1 or chunk & (chunk - 1):
+            raise QwenEdgeError(f"--prefill-chunk {chunk}: must be a power of two (e.g. 64 or 128)")
+        if self.max_seq_len < chunk:
+            raise QwenEdgeError(f"--max-seq-len {self.max_seq_len}: must be at least the prefill chunk ({chunk})")
+        if self.onnx_profile not in ("ort", "portable"):
+            raise QwenEdgeError(f"--onnx-profile {self.onnx_profile!r}: choose 'ort' or 'portable'")
+
+
+@dataclass
+class Artifact:
+    """One exported file set, as the manifest records it."""
+
+    format: str  # "pte" or "onnx"
+    files: list[str]  # bundle-relative; the first is the one to open
+    quant: str
+    details: dict[str, Any] = field(default_factory=dict)  # methods / I/O, profile, kernels, export report
+
+
+def state_names(text: TextConfig) -> list[tuple[int, str]]:
+    """(layer, part) of every state tensor, in the order the ONNX model lists them."""
+    names = []
+    for i, kind in enumerate(text.layer_types):
+        names += [(i, "key"), (i, "value")] if kind == FULL else [(i, "conv"), (i, "recurrent")]
+    return names
