@@ -17,6 +17,8 @@ size Dk/Dv, C conv channels, K conv taps, V vocab.
 
 from __future__ import annotations
 
+import abc
+
 from dataclasses import dataclass
 
 import torch
@@ -176,24 +178,45 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.dh, t.rms_norm_eps)
         self.k_norm = RMSNorm(self.dh, t.rms_norm_eps)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], state: LayerState) -> tuple[Tensor, LayerState]:
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], state: LayerState | StaticKV) -> tuple[Tensor, LayerState]:
         B, T, _ = x.shape
         q, gate = self.q_proj(x).view(B, T, self.h, 2 * self.dh).chunk(2, dim=-1)  # [B, T, H, Dh] each
         q = self.q_norm(q).transpose(1, 2)  # [B, H, T, Dh]
         k = self.k_norm(self.k_proj(x).view(B, T, self.hkv, self.dh)).transpose(1, 2)  # [B, Hkv, T, Dh]
         v = self.v_proj(x).view(B, T, self.hkv, self.dh).transpose(1, 2)  # [B, Hkv, T, Dh]
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        k = torch.cat((state[0], k), dim=2)  # [B, Hkv, P+T, Dh]
-        v = torch.cat((state[1], v), dim=2)  # [B, Hkv, P+T, Dh]
-        past = k.shape[2] - T
-        # Query i sits at cache index past+i and sees every key up to it.
-        mask = torch.arange(past + T, device=x.device)[None, :] <= (past + torch.arange(T, device=x.device))[:, None]
+        if isinstance(state, StaticKV):
+            keys, values, mask = state.update(k, v)  # [B, Hkv, S, Dh] x 2, [T, S]
+            next_state = state
+        else:
+            keys = torch.cat((state[0], k), dim=2)  # [B, Hkv, P+T, Dh]
+            values = torch.cat((state[1], v), dim=2)  # [B, Hkv, P+T, Dh]
+            mask = causal_mask(keys.shape[2] - T, T, x.device)  # [T, P+T]
+            next_state = (keys, values)
         rep = self.h // self.hkv
-        keys = k.repeat_interleave(rep, dim=1)  # [B, H, P+T, Dh]: query head i reads KV head i // rep
-        values = v.repeat_interleave(rep, dim=1)
+        keys = keys.repeat_interleave(rep, dim=1)  # [B, H, S, Dh]: query head i reads KV head i // rep
+        values = values.repeat_interleave(rep, dim=1)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.dh**-0.5)  # [B, H, T, Dh]
         out = out.transpose(1, 2).reshape(B, T, -1) * torch.sigmoid(gate.reshape(B, T, -1))
-        return self.o_proj(out), (k, v)
+        return self.o_proj(out), next_state
+
+
+def causal_mask(past: int | Tensor, steps: int, device, capacity: int | None = None) -> Tensor:
+    """[T, S] bool: new token i, at cache index past+i, sees cache entries 0..past+i (S = capacity or past+T)."""
+    size = past + steps if capacity is None else capacity
+    return torch.arange(size, device=device)[None, :] <= (past + torch.arange(steps, device=device))[:, None]
+
+
+class StaticKV(abc.ABC):
+    """A fixed-capacity KV cache written in place (ExecuTorch's mutable buffers), instead of a growing pair.
+
+    Subclasses implement `update(k, v) -> (keys, values, mask)`: store the T new entries and return
+    the whole cache with the [T, S] mask of what each new token may see.
+    """
+
+    @abc.abstractmethod
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """k, v [B, Hkv, T, Dh] -> keys, values [B, Hkv, S, Dh] and mask [T, S]."""
 
 
 class MLP(nn.Module):
