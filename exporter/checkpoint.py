@@ -200,14 +200,7 @@ def load_model(
             vision_keys=sorted(k for k in handles if k.startswith(_VISION_PREFIXES)),
             mtp_keys=sorted(k for k in handles if k.startswith(_MTP_PREFIX)),
         )
-    _materialise_buffers(model)
-    return config, model.eval(), info
-
-
-def _materialise_buffers(model: Qwen35Model) -> None:
-    """Non-persistent buffers (rotary tables) are computed, not loaded: rebuild them off the meta device."""
-    fresh = type(model.rotary)(model.config)
-    model.rotary = fresh
+    return config, model.eval().requires_grad_(False), info
 
 
 def random_model(config: ModelConfig, dtype: torch.dtype = torch.float32, seed: int = 0) -> Qwen35Model:
@@ -226,8 +219,7 @@ def random_model(config: ModelConfig, dtype: torch.dtype = torch.float32, seed: 
     model.load_state_dict(tensors, strict=False, assign=True)
     if config.text.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
-    _materialise_buffers(model)
-    return model.eval()
+    return model.eval().requires_grad_(False)
 
 
 def _random_init(name: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:

@@ -117,41 +117,48 @@ class GatedDeltaNet(nn.Module):
 
 
 class Rotary(nn.Module):
-    """Partial (M-)RoPE: the first `rotary_dim` dims of each head rotate; positions are (t, h, w)."""
+    """Partial (M-)RoPE: the first `rotary_dim` dims of each head rotate; positions are (t, h, w).
+
+    The frequency tables are tiny and rebuilt in forward from Python numbers rather than kept as
+    buffers: they trace as graph constants, not weights, and nothing is stored for the full context.
+    """
 
     def __init__(self, t: TextConfig):
         super().__init__()
         half = t.rotary_dim // 2
-        inv_freq = 1.0 / (t.rope_theta ** (torch.arange(0, half, dtype=torch.float32) * 2 / t.rotary_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self.register_buffer("axis", _mrope_axis(half, t.mrope_section, t.mrope_interleaved), persistent=False)
+        self.inv_freq = [1.0 / (t.rope_theta ** (2 * i / t.rotary_dim)) for i in range(half)]
+        self.axis = _mrope_axis(half, t.mrope_section, t.mrope_interleaved)
 
     def forward(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """positions [3, B, T] (t, h, w) -> cos, sin [B, T, rotary_dim]."""
-        freqs = positions[..., None].float() * self.inv_freq  # [3, B, T, half]
-        index = self.axis.view(1, 1, 1, -1).expand(1, *freqs.shape[1:])
+        inv_freq = torch.tensor(self.inv_freq, dtype=torch.float32, device=positions.device)
+        freqs = positions[..., None].float() * inv_freq  # [3, B, T, half]
+        axis = torch.tensor(self.axis, device=positions.device)
+        index = axis.view(1, 1, 1, -1).expand(1, *freqs.shape[1:])
         freqs = freqs.gather(0, index)[0]  # [B, T, half]: each frequency from its own axis
         emb = torch.cat((freqs, freqs), dim=-1)  # [B, T, rotary_dim]
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
-def _mrope_axis(half: int, section: tuple[int, ...], interleaved: bool) -> Tensor:
+def _mrope_axis(half: int, section: tuple[int, ...], interleaved: bool) -> list[int]:
     """Which position axis (0 t, 1 h, 2 w) drives each rotary frequency.
 
     Interleaved (Qwen3.5): t h w t h w ... with h and w limited to 3*section[i]
     frequencies. Otherwise contiguous blocks of section[0], section[1], section[2].
     With text-only positions all three axes agree, so the map only matters for images.
     """
-    axis = torch.zeros(half, dtype=torch.long)
+    axis = [0] * half
     if not section:
         return axis
     if interleaved:
         for dim in (1, 2):
-            axis[dim : section[dim] * 3 : 3] = dim
+            for i in range(dim, min(section[dim] * 3, half), 3):
+                axis[i] = dim
     else:
-        bounds = torch.tensor(section).cumsum(0).tolist()
-        axis[bounds[0] : bounds[1]] = 1
-        axis[bounds[1] : bounds[2]] = 2
+        start = section[0]
+        for dim in (1, 2):
+            axis[start : start + section[dim]] = [dim] * section[dim]
+            start += section[dim]
     return axis
 
 
@@ -334,11 +341,14 @@ class Qwen35Model(nn.Module):
         positions: Tensor | None = None,
         inputs_embeds: Tensor | None = None,
         output_hidden_states: bool = False,
+        last_only: bool = False,
     ) -> ForwardOutput:
         """Run T new tokens (ids [B, T] or embeddings [B, T, D]) after `state`.
 
         positions: [B, T] or M-RoPE [3, B, T]; by default the tokens continue the
-        cached sequence. Returns logits for every new token and the next state.
+        cached sequence. Returns logits for every new token ([B, T, V]), or only
+        for the last one ([B, 1, V]) with `last_only`: what a decoder needs to pick
+        the next token, and T times less LM-head work in a prefill.
         """
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # [B, T, D]
         B, T, _ = x.shape
@@ -352,7 +362,9 @@ class Qwen35Model(nn.Module):
             next_state.append(layer_state)
             if hidden is not None:
                 hidden.append(x)
-        logits = self.lm_head(self.norm(x))  # [B, T, V]
+        if last_only:
+            x = x[:, -1:]  # [B, 1, D]
+        logits = self.lm_head(self.norm(x))  # [B, T or 1, V]
         return ForwardOutput(logits, next_state, hidden)
 
     def _positions(self, positions: Tensor | None, state: list[LayerState], B: int, T: int, device) -> Tensor:

@@ -124,10 +124,16 @@ def _(x, weight, initial_state):
 
 
 # ---------------------------------------------------------------------------------------------------
-# ExecuTorch lowering (planned; implemented with the ExecuTorch lowering)
+# ExecuTorch lowering
 # ---------------------------------------------------------------------------------------------------
-# Replace the node by `decomposition`: cat + depthwise conv1d (XNNPACK lowers it as a 2-D
-# depthwise convolution) + SiLU + a slice for the new state, all aten ops that export with a
-# dynamic T and need no loop.
+# exporter/executorch.py replaces the node by `executorch_decomposition`: cat + depthwise conv1d +
+# SiLU + a slice for the new state, aten ops that export with a dynamic T and need no loop. With a
+# dynamic T XNNPACK leaves the conv to the portable kernels (K = 4 taps per channel: cheap).
+
+
+def executorch_decomposition(x, weight, initial_state):
+    """The op's schema signature over `conv_causal_conv1d`."""
+    return conv_causal_conv1d(x, weight, initial_state=initial_state)
+
 
 decomposition = conv_causal_conv1d

@@ -142,7 +142,8 @@ def invert_unit_lower(a: torch.Tensor) -> torch.Tensor:
     """
     size = a.shape[-1]
     lead = a.shape[:-2]
-    inv = a.new_ones(*lead, size, 1, 1)  # [..., C, 1, 1]
+    a = a.reshape(-1, size, size)  # [L, C, C]: at most 5-D below (XNNPACK takes up to 6 dims)
+    inv = a.new_ones(a.shape[0], size, 1, 1)  # [L, C, 1, 1]
     block = 1
     while block < size:
         pairs = size // (2 * block)
@@ -155,7 +156,7 @@ def invert_unit_lower(a: torch.Tensor) -> torch.Tensor:
         top = torch.cat([t11, torch.zeros_like(t11)], dim=-1)  # [..., P, b, 2b]
         inv = torch.cat([top, torch.cat([t21, t22], dim=-1)], dim=-2)  # [..., P, 2b, 2b]
         block *= 2
-    return inv.squeeze(-3)  # [..., C, C]
+    return inv.squeeze(-3).reshape(*lead, size, size)  # [..., C, C]
 
 
 def _pad_time(x: torch.Tensor, pad: int) -> torch.Tensor:
@@ -327,14 +328,20 @@ def _(q, k, v, g, beta, scale, initial_state):
 
 
 # ---------------------------------------------------------------------------------------------------
-# ExecuTorch lowering (planned; implemented with the ExecuTorch lowering)
+# ExecuTorch lowering
 # ---------------------------------------------------------------------------------------------------
-# XNNPACK has no delta-rule kernel, so the node is replaced by `decomposition`, built only from aten
-# ops that export (matmul, cumsum, exp, masked_fill, diagonal, cat, pad, reshape): batched matmuls
-# go to XNNPACK, the rest to the portable kernels. The chunk loop is unrolled at trace time, so
-# under a dynamic T the lowering binds pad_to (functools.partial(decomposition, pad_to=max_len)):
-# ceil(pad_to / chunk_size) iterations whatever T is (tests/ops check that this exports). A graph
-# that serves decode too then pays every padded chunk for T == 1; recurrent_gated_delta_rule is
-# the one-step alternative, which the lowering can pick where T == 1 is static.
+# XNNPACK has no delta-rule kernel, so exporter/executorch.py replaces the node by
+# `executorch_decomposition` (ep.run_decompositions), built only from aten ops that export and run
+# on the stock runtime (matmul, cumsum, exp, masked_fill, diagonal, cat, pad, index_select): batched
+# matmuls go to XNNPACK, the rest to the portable kernels. It is the single-chunk form: no loop, so
+# one graph with a dynamic T serves decode (T = 1, every term sized by T) and prefill (T up to
+# max_len, the program's prefill chunk); only the chunk-matrix inverse is sized by max_len.
+# (The chunked form with pad_to would make decode pay for every padded chunk.)
+
+
+def executorch_decomposition(q, k, v, g, beta, scale, initial_state, *, max_len: int):
+    """The op's schema signature over `single_chunk_gated_delta_rule`; bind max_len with functools.partial."""
+    return single_chunk_gated_delta_rule(q, k, v, g, beta, scale=scale, initial_state=initial_state, max_len=max_len)
+
 
 decomposition = chunked_gated_delta_rule

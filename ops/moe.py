@@ -284,7 +284,7 @@ def _(
 
 
 # ---------------------------------------------------------------------------------------------------
-# ExecuTorch lowering (planned; implemented with the ExecuTorch lowering)
+# ExecuTorch lowering
 # ---------------------------------------------------------------------------------------------------
 # XNNPACK has no MoE kernel, so the node is replaced by `decomposition` before to_edge, e.g.
 # ep.run_decompositions({torch.ops.qwen35.moe.default: decomposition}): the linears and batched
@@ -297,3 +297,4 @@ def _(
 # decomposed, not delegated.
 
 decomposition = moe_gather
+executorch_decomposition = moe_gather  # same signature as the op's schema

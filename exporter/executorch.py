@@ -1,0 +1,310 @@
+"""ExecuTorch lowering: the reference decoder as a stateful XNNPACK `.pte` that ExecuTorch's stock LLM runner drives.
+
+Pipeline (plain stages): wrap the model with its state in mutable buffers ->
+`torch.export` (the `qwen35::` ops stay single nodes) -> replace each op by its
+decomposition (`lower_custom_ops`) -> tag weights for one external `.ptd` ->
+`to_edge_transform_and_lower` with the XNNPACK partitioner -> `to_executorch`
+-> write `model.pte` and `model.ptd` atomically, with an export report.
+
+The program's contract (exporter/artifact.py): `forward(tokens [1, T], input_pos [1])
+-> logits [1, V]` of the last position, 1 <= T <= prefill_chunk, so a prompt
+chunk is prefilled in one call. ExecuTorch's runner splits prompts by
+`get_max_seq_len`, so that is the prefill chunk; `get_max_context_len` is the
+KV capacity. With max_seq_len < max_context_len the runner treats the model as
+a sliding-window one and stops checking capacity, so the KV cache is a ring
+buffer: exact within capacity, sliding-window attention past it, never an
+out-of-bounds write. input_pos = 0 starts a new sequence: the DeltaNet states
+are zeroed in-graph (the runner's reset() calls nothing in the program).
+
+Weights go to an external `model.ptd`: inside one `.pte` the XNNPACK delegate
+and the portable embedding lookup would each store the tied embedding; the
+external data store de-duplicates identical bytes, so it is stored once.
+
+Not here: quantization (exporter.quantize), the bundle (exporter.bundle).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from exporter.artifact import Artifact, ExportOptions
+from exporter.config import FULL, ModelConfig
+from exporter.model import Qwen35Model, StaticKV
+
+log = logging.getLogger(__name__)
+
+PTE, PTD = "model.pte", "model.ptd"
+_WEIGHTS_TAG = "model"  # external data file stem: model.ptd
+
+
+@dataclass
+class RingKV(StaticKV):
+    """A KV cache of capacity S written at slot (position mod S); see the module docstring for why a ring."""
+
+    key: Tensor  # [1, Hkv, S, Dh] buffer
+    value: Tensor  # [1, Hkv, S, Dh] buffer
+    input_pos: Tensor  # [1]: absolute position of the first new token
+
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        steps, capacity = k.shape[2], self.key.shape[2]
+        positions = self.input_pos[0] + torch.arange(steps)  # [T] absolute positions of the new tokens
+        slots = positions % capacity
+        self.key[:, :, slots] = k
+        self.value[:, :, slots] = v
+        # Absolute position now held by each slot (negative: never written).
+        end = positions[-1]
+        held = end - (end - torch.arange(capacity)) % capacity  # [S]
+        query = positions[:, None]  # [T, 1]
+        mask = (held >= 0) & (held <= query) & (held > query - capacity)  # [T, S]
+        return self.key, self.value, mask
+
+
+class ExecuTorchDecoder(nn.Module):
+    """The reference model with its state as buffers: forward(tokens [1, T], input_pos [1]) -> logits [1, V]."""
+
+    def __init__(self, model: Qwen35Model, max_seq_len: int):
+        super().__init__()
+        self.model = model
+        t = model.config
+        dtype = model.embed_tokens.weight.dtype
+        for i, kind in enumerate(t.layer_types):
+            if kind == FULL:
+                shape = (1, t.num_key_value_heads, max_seq_len, t.head_dim)
+                self.register_buffer(f"key_{i}", torch.zeros(shape, dtype=dtype))
+                self.register_buffer(f"value_{i}", torch.zeros(shape, dtype=dtype))
+            else:
+                conv = (1, t.conv_dim, t.linear_conv_kernel_dim - 1)
+                recurrent = (1, t.linear_num_value_heads, t.linear_key_head_dim, t.linear_value_head_dim)
+                self.register_buffer(f"conv_{i}", torch.zeros(conv, dtype=dtype))
+                self.register_buffer(f"recurrent_{i}", torch.zeros(recurrent, dtype=torch.float32))
+
+    def forward(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
+        steps = tokens.shape[1]
+        continuing = input_pos[0] > 0  # False: a new sequence, whose DeltaNet layers start from zero
+        state = []
+        for i, kind in enumerate(self.model.config.layer_types):
+            if kind == FULL:
+                state.append(RingKV(getattr(self, f"key_{i}"), getattr(self, f"value_{i}"), input_pos))
+            else:
+                # where, not a multiply: a stale NaN times zero would stay NaN.
+                conv, recurrent = getattr(self, f"conv_{i}"), getattr(self, f"recurrent_{i}")
+                state.append((torch.where(continuing, conv, 0.0), torch.where(continuing, recurrent, 0.0)))
+        positions = (input_pos[0] + torch.arange(steps)).view(1, steps)  # [1, T]
+        out = self.model(tokens, state, positions=positions, last_only=True)
+        for i, kind in enumerate(self.model.config.layer_types):
+            if kind != FULL:
+                getattr(self, f"conv_{i}").copy_(out.state[i][0])
+                getattr(self, f"recurrent_{i}").copy_(out.state[i][1])
+        return out.logits[:, -1]  # [1, V]
+
+
+def metadata(config: ModelConfig, options: ExportOptions) -> dict[str, object]:
+    """Constant methods, as ExecuTorch's LLM runner reads them (see the module docstring)."""
+    t = config.text
+    eos = list(t.eos_token_ids) or [t.pad_token_id or 0]
+    return {
+        "get_max_seq_len": options.prefill_chunk,
+        "get_max_context_len": options.max_seq_len,
+        "get_vocab_size": t.vocab_size,
+        "get_bos_id": t.bos_token_id if t.bos_token_id is not None else -1,
+        "get_eos_ids": eos,
+        "get_n_layers": t.num_hidden_layers,
+        "use_kv_cache": True,
+        "use_sdpa_with_kv_cache": False,
+        "enable_dynamic_shape": True,
+    }
+
+
+# ---------------------------------------------------------------------------
+# Stages
+# ---------------------------------------------------------------------------
+
+
+def export_program(model: Qwen35Model, options: ExportOptions) -> torch.export.ExportedProgram:
+    """torch.export with a dynamic T in [1, prefill_chunk]; the qwen35:: ops stay single nodes."""
+    wrapper = ExecuTorchDecoder(model, options.max_seq_len).eval()
+    steps = torch.export.Dim("T", min=1, max=options.prefill_chunk)
+    example = (torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+    with torch.no_grad():
+        return torch.export.export(wrapper, example, dynamic_shapes=({1: steps}, None), strict=False)
+
+
+def lower_custom_ops(program: torch.export.ExportedProgram, options: ExportOptions) -> torch.export.ExportedProgram:
+    """Replace each qwen35:: op by the decomposition its module declares for ExecuTorch."""
+    from ops.causal_conv1d import executorch_decomposition as conv
+    from ops.gated_delta_rule import executorch_decomposition as delta_rule
+    from ops.moe import executorch_decomposition as moe
+
+    table = {
+        torch.ops.qwen35.gated_delta_rule.default: functools.partial(delta_rule, max_len=options.prefill_chunk),
+        torch.ops.qwen35.causal_conv1d.default: conv,
+        torch.ops.qwen35.moe.default: moe,
+    }
+    return program.run_decompositions(table)
+
+
+def tag_external_weights(program: torch.export.ExportedProgram, options: ExportOptions) -> torch.export.ExportedProgram:
+    """Re-export with every weight tagged for the external data file (one copy of tied weights)."""
+    from executorch.exir.passes.external_constants_pass import delegate_external_constants_pass_unlifted
+
+    module = program.module()
+    delegate_external_constants_pass_unlifted(module, gen_tag_fn=lambda _node: _WEIGHTS_TAG)
+    steps = torch.export.Dim("T", min=1, max=options.prefill_chunk)
+    example = (torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+    return torch.export.export(module, example, dynamic_shapes=({1: steps}, None), strict=False)
+
+
+def lower_to_xnnpack(program: torch.export.ExportedProgram, constant_methods: dict[str, object]):
+    """to_edge_transform_and_lower with the XNNPACK partitioner; returns the edge program and why-not notes."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
+
+    with _capture_logs("executorch.backends.xnnpack") as notes:
+        edge = to_edge_transform_and_lower(
+            program,
+            partitioner=[XnnpackPartitioner()],
+            constant_methods=constant_methods,
+            compile_config=EdgeCompileConfig(_check_ir_validity=False),
+        )
+    return edge, notes
+
+
+def to_executorch_program(edge):
+    from executorch.exir import ExecutorchBackendConfig
+
+    return edge.to_executorch(ExecutorchBackendConfig(external_constants=lambda _node: _WEIGHTS_TAG))
+
+
+def write_program(program, out_dir: Path) -> list[str]:
+    """Write model.pte and model.ptd into out_dir, each through a temporary name."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp_dir = out_dir / f".pte-{os.getpid()}"
+    tmp_dir.mkdir()
+    try:
+        (tmp_dir / PTE).write_bytes(program.buffer)
+        program.write_tensor_data_to_file(str(tmp_dir))
+        written = sorted(p.name for p in tmp_dir.iterdir())
+        for name in written:
+            os.replace(tmp_dir / name, out_dir / name)
+    finally:
+        for leftover in tmp_dir.glob("*"):
+            leftover.unlink()
+        tmp_dir.rmdir()
+    return [PTE] + [name for name in written if name != PTE]
+
+
+# ---------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------
+
+# Why XNNPACK leaves these ops to the portable kernels (what a reader of the report needs to know).
+_PORTABLE_REASONS = {
+    "aten.embedding.default": "XNNPACK has no gather; the lookup reads one row per token",
+    "aten.index_put.default": "KV-cache write at dynamic positions (in place, not an XNNPACK op)",
+    "aten.index.Tensor": "gathers (cache slots, expert rows) are not XNNPACK ops",
+    "aten.where.self": "state reset and masks: select ops run portable",
+    "aten.arange.start_step": "position arithmetic on a handful of integers",
+}
+
+
+def delegation_report(edge, notes: list[str]) -> dict[str, object]:
+    """Op counts per backend and what stayed outside XNNPACK, with reasons."""
+    from executorch.devtools.backend_debug import get_delegation_info
+
+    graph = edge.exported_program().graph_module
+    info = get_delegation_info(graph)
+    portable = Counter()
+    for node in graph.graph.nodes:
+        if node.op == "call_function" and "executorch_call_delegate" not in str(node.target):
+            portable[_op_name(node.target)] += 1
+    return {
+        "delegated_ops": info.num_delegated_nodes,
+        "portable_ops": info.num_non_delegated_nodes,
+        "delegate_calls": info.num_delegated_subgraphs,
+        "not_delegated": {
+            name: {"count": count, "reason": _reason(name)} for name, count in portable.most_common()
+        },
+        "partitioner_notes": notes[:50],
+    }
+
+
+def _op_name(target) -> str:
+    """'aten.index_put.default' for edge, aten and python targets alike."""
+    name = getattr(target, "_name", None) or getattr(target, "__name__", None) or str(target)
+    return name.replace("::", ".")
+
+
+def _reason(op_name: str) -> str:
+    for key, reason in _PORTABLE_REASONS.items():
+        if key in op_name:
+            return reason
+    if "sym_size" in op_name or "getitem" in op_name or "_local_scalar" in op_name:
+        return "shape bookkeeping, no kernel work"
+    return "not supported by XNNPACK with these shapes/dtypes (see partitioner_notes)"
+
+
+class _capture_logs:
+    """Collect the partitioner's log records (its why-not-partitioned notes) for the report."""
+
+    def __init__(self, name: str):
+        self.logger, self.records = logging.getLogger(name), []
+
+    def __enter__(self) -> list[str]:
+        self.handler = logging.Handler(level=logging.DEBUG)
+        self.handler.emit = lambda record: self.records.append(record.getMessage())
+        self.old_level = self.logger.level
+        self.logger.addHandler(self.handler)
+        self.logger.setLevel(logging.DEBUG)
+        return self.records
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.old_level)
+
+
+# ---------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------
+
+
+def export_executorch(model: Qwen35Model, config: ModelConfig, out_dir: Path, options: ExportOptions) -> Artifact:
+    """Export `model` to out_dir/model.pte (+ model.ptd) and describe it."""
+    timings, start = {}, time.perf_counter()
+
+    def stage(name, fn, *args):
+        t0 = time.perf_counter()
+        result = fn(*args)
+        timings[name] = round(time.perf_counter() - t0, 2)
+        log.info("pte: %s done in %.1f s", name, timings[name])
+        return result
+
+    meta = metadata(config, options)
+    program = stage("export", export_program, model, options)
+    program = stage("lower custom ops", lower_custom_ops, program, options)
+    program = stage("tag weights", tag_external_weights, program, options)
+    edge, notes = stage("to_edge + XNNPACK", lower_to_xnnpack, program, meta)
+    report = delegation_report(edge, notes)
+    et_program = stage("to_executorch", to_executorch_program, edge)
+    files = stage("write", write_program, et_program, Path(out_dir))
+    timings["total"] = round(time.perf_counter() - start, 2)
+    details = {
+        "methods": {"forward": {"inputs": ["tokens int64 [1, T]", "input_pos int64 [1]"], "outputs": ["logits float32 [1, V]"]}},
+        "constant_methods": meta,
+        "prefill_chunk": options.prefill_chunk,
+        "max_seq_len": options.max_seq_len,
+        "backend": "XNNPACK",
+        "kernels_required": "stock ExecuTorch runtime (portable kernels + XNNPACK); no custom ops",
+        "data_files": files[1:],
+        "export_report": report,
+        "export_seconds": timings,
+    }
+    return Artifact(format="pte", files=files, quant=options.quant, details=details)

@@ -1,0 +1,301 @@
+"""The ONNX lowering: the reference decoder as one stateful ONNX model for ONNX Runtime or any ONNX runtime.
+
+`export_onnx` traces `exporter.model.Qwen35Model` with `torch.export` (dynamic batch, new tokens
+and cached tokens), lowers the `qwen35::` ops per profile (`exporter.onnx_ops`), converts with
+torch.onnx's dynamo exporter and writes `model.onnx` atomically. The I/O contract is the one
+`exporter.artifact` documents: token ids and [3, B, T] M-RoPE positions in, the last position's
+logits and every layer's next state out, under stable names.
+
+Profiles (`ExportOptions.onnx_profile`):
+- `ort`: ONNX Runtime's contrib ops where they exist and are faster (LinearAttention, MoE);
+- `portable`: standard ONNX ops only, opset 18, for runtimes without those contrib ops.
+
+Two deliberate differences from ONNX Runtime GenAI's model builder: the LM head runs on the last
+position only (the only logits a generator reads), and rotary cos/sin are computed from
+`position_ids` in the graph, so no table for the whole context is stored.
+
+Not here: the vision tower (text decoder only), quantization (fp32 only so far), running the
+model (`runtime/`), the manifest (`exporter.bundle`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+import torch
+from torch import Tensor, nn
+
+from exporter import onnx_ops
+from exporter.artifact import Artifact, ExportOptions, state_names
+from exporter.config import FULL, ModelConfig
+from exporter.errors import QwenEdgeError
+from exporter.model import Qwen35Model
+
+logger = logging.getLogger(__name__)
+
+OPSET = 18  # the oldest opset with every op used here: the widest set of runtimes
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+# One protobuf file holds at most 2 GiB; keep 64 MiB of it for the graph itself.
+EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
+_DIM_NAMES = ("batch", "sequence", "past_sequence")  # B, T, P in the I/O shapes
+
+
+class OnnxExportError(QwenEdgeError):
+    """Options or a model that the ONNX lowering cannot export."""
+
+
+class OnnxDecoder(nn.Module):
+    """The ONNX signature around the reference model: flat state in and out, last-position logits.
+
+    It runs the model's own modules in the model's order; it differs from `Qwen35Model.forward`
+    only in applying the final norm and LM head to the last position: [B, D] x [D, V] instead of
+    [B, T, D] x [D, V], which saves T - 1 of the largest matmul in every prefill call.
+    """
+
+    def __init__(self, model: Qwen35Model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Tensor, position_ids: Tensor, *past: Tensor) -> tuple[Tensor, ...]:
+        m = self.model
+        x = m.embed_tokens(input_ids)  # [B, T, D]
+        rope = m.rotary(position_ids, x.dtype)  # cos, sin [B, T, rotary_dim]
+        present = []
+        for i, layer in enumerate(m.layers):
+            x, state = layer(x, rope, (past[2 * i], past[2 * i + 1]))  # [B, T, D]
+            present += state
+        logits = m.lm_head(m.norm(x[:, -1]))  # [B, V]
+        return (logits, *present)
+
+
+def io_names(config: ModelConfig) -> tuple[list[str], list[str]]:
+    """Input and output names in graph order, as `exporter.artifact` documents them."""
+    parts = state_names(config.text)
+    inputs = ["input_ids", "position_ids"] + [f"past_key_values.{i}.{part}" for i, part in parts]
+    outputs = ["logits"] + [f"present.{i}.{part}" for i, part in parts]
+    return inputs, outputs
+
+
+def export_onnx(model: Qwen35Model, config: ModelConfig, out_dir: Path, options: ExportOptions) -> Artifact:
+    """Export the decoder to `out_dir/model.onnx` (+ `model.onnx.data` above 2 GB of weights) and describe it."""
+    _check(model, config, options)
+    start = time.perf_counter()
+    program = _trace(model, config, options)
+    decompositions = onnx_ops.decompositions(options.onnx_profile, options.prefill_chunk)
+    if decompositions:  # a re-trace of the whole program: skipped when there is nothing to replace
+        program = program.run_decompositions(decompositions)
+    input_names, output_names = io_names(config)
+    onnx_program = torch.onnx.export(
+        program,
+        dynamo=True,
+        opset_version=OPSET,
+        custom_translation_table=onnx_ops.translations(options.onnx_profile),
+        input_names=input_names,
+        output_names=output_names,
+        optimize=True,
+    )
+    onnx_model = onnx_program.model
+    _fold_weight_layouts(onnx_model)
+    _name_dynamic_dims(onnx_model)
+    external = _weight_bytes(onnx_model) > EXTERNAL_DATA_THRESHOLD
+    _save_atomically(onnx_model, Path(out_dir), external)
+    details = _describe(onnx_model, config, options, external)
+    details["export_seconds"] = round(time.perf_counter() - start, 1)
+    files = [MODEL_FILE, DATA_FILE] if external else [MODEL_FILE]
+    return Artifact(format="onnx", files=files, quant=options.quant, details=details)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checks and tracing
+# ---------------------------------------------------------------------------------------------------
+
+
+def _check(model: Qwen35Model, config: ModelConfig, options: ExportOptions) -> None:
+    """Raise OnnxExportError for what this lowering cannot do; ExportOptions checks the rest."""
+    if options.quant != "fp32":
+        raise OnnxExportError(
+            f"--quant {options.quant}: the ONNX lowering writes fp32 models only so far; export with --quant fp32"
+        )
+    dtypes = sorted({str(p.dtype) for p in model.parameters()})
+    if dtypes != ["torch.float32"]:
+        raise OnnxExportError(
+            f"model weights are {', '.join(dtypes)}: the ONNX lowering needs float32 weights "
+            "(ONNX Runtime's CPU kernels have no bf16 MatMul); load the checkpoint with dtype=torch.float32"
+        )
+    if model.config != config.text:
+        raise OnnxExportError("model and config disagree: build the model from this config (or pass its config)")
+    if options.prefill_chunk < 2:
+        raise OnnxExportError(
+            f"--prefill-chunk {options.prefill_chunk}: a 1-token chunk makes every prompt token a call; use 2 or more"
+        )
+    if options.max_seq_len > config.text.max_position_embeddings:
+        raise OnnxExportError(
+            f"--max-seq-len {options.max_seq_len}: exceeds the model's max_position_embeddings "
+            f"({config.text.max_position_embeddings}); choose at most that"
+        )
+
+
+def example_state(config: ModelConfig, batch: int, past: int) -> list[Tensor]:
+    """Zero past state in graph order: key/value [B, Hkv, P, Dh], conv [B, C, K-1], recurrent [B, Hv, Dk, Dv]."""
+    t = config.text
+    state = []
+    for kind in t.layer_types:
+        if kind == FULL:
+            state += [torch.zeros(batch, t.num_key_value_heads, past, t.head_dim) for _ in range(2)]
+        else:
+            state.append(torch.zeros(batch, t.conv_dim, t.linear_conv_kernel_dim - 1))
+            state.append(torch.zeros(batch, t.linear_num_value_heads, t.linear_key_head_dim, t.linear_value_head_dim))
+    return state
+
+
+def _trace(model: Qwen35Model, config: ModelConfig, options: ExportOptions) -> torch.export.ExportedProgram:
+    """torch.export with dynamic B, T (<= prefill_chunk) and P (<= max_seq_len)."""
+    # Example sizes of at least 2: torch.export specialises dimensions that are 0 or 1 in the example.
+    batch, steps, past = 2, 2, 2
+    batch_dim = torch.export.Dim("batch", min=1, max=64)
+    steps_dim = torch.export.Dim("sequence", min=1, max=options.prefill_chunk)
+    past_dim = torch.export.Dim("past_sequence", min=0, max=options.max_seq_len)
+    state_shapes = []
+    for kind in config.text.layer_types:
+        state_shapes += [{0: batch_dim, 2: past_dim}] * 2 if kind == FULL else [{0: batch_dim}] * 2
+    input_ids = torch.zeros(batch, steps, dtype=torch.long)
+    positions = (past + torch.arange(steps)).expand(3, batch, steps)  # [3, B, T]
+    dynamic_shapes = ({0: batch_dim, 1: steps_dim}, {1: batch_dim, 2: steps_dim}, tuple(state_shapes))
+    with torch.no_grad():
+        return torch.export.export(
+            OnnxDecoder(model).eval(),
+            (input_ids, positions, *example_state(config, batch, past)),
+            dynamic_shapes=dynamic_shapes,
+            strict=False,
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Graph clean-up
+# ---------------------------------------------------------------------------------------------------
+
+
+_LAYOUT_OPS = ("Reshape", "Squeeze", "Unsqueeze", "Transpose", "Gather", "Slice")
+
+
+def _fold_weight_layouts(model) -> None:
+    """Fold layout ops on weights into initializers (MoE's gate/up interleave, the conv taps).
+
+    The exporter's optimizer folds only small tensors (and Transposes of single-use weights), so
+    a Reshape or Gather of a large weight would otherwise run on every call. A weight is folded
+    only when every use of it is such a layout op, so that the original dies and no weight is
+    ever stored twice.
+    """
+    from onnx_ir.passes.common import RemoveUnusedNodesPass
+    from onnxscript.optimizer import fold_constants
+
+    def is_layout(node) -> bool:
+        return not node.domain and node.op_type in _LAYOUT_OPS
+
+    def should_fold(node) -> bool | None:
+        data = node.inputs[0] if node.inputs else None
+        if not is_layout(node) or data is None:
+            return None  # the optimizer's own rules (it folds only nodes whose inputs are all constant)
+        return all(is_layout(user) for user, _ in data.uses()) or None
+
+    fold_constants(model, should_fold=should_fold)
+    RemoveUnusedNodesPass()(model)
+
+
+def _name_dynamic_dims(model) -> None:
+    """Rename the tracer's symbols (s0, s12, ...) to batch / sequence / past_sequence everywhere."""
+    from onnx_ir.traversal import RecursiveGraphIterator
+
+    graph = model.graph
+    inputs = {value.name: value for value in graph.inputs}
+    first_key = next((v for v in graph.inputs if v.name.endswith(".key")), None)
+    symbols = [inputs["input_ids"].shape[0], inputs["input_ids"].shape[1]]
+    symbols.append(first_key.shape[2] if first_key is not None else None)
+    renames = {str(sym.value): name for sym, name in zip(symbols, _DIM_NAMES) if sym is not None and sym.value}
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, renames)) + r")\b")
+
+    def rename(value) -> None:
+        if value is None or value.shape is None:
+            return
+        dims = [
+            ir.SymbolicDim(pattern.sub(lambda m: renames[m.group(1)], d.value))
+            if isinstance(d, ir.SymbolicDim) and isinstance(d.value, str)
+            else d
+            for d in value.shape
+        ]
+        value.shape = ir.Shape(dims)
+
+    for value in [*graph.inputs, *graph.outputs]:
+        rename(value)
+    for node in RecursiveGraphIterator(graph):
+        for value in node.outputs:
+            rename(value)
+
+
+def _weight_bytes(model) -> int:
+    return sum(value.const_value.nbytes for value in model.graph.initializers.values() if value.const_value is not None)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing and describing
+# ---------------------------------------------------------------------------------------------------
+
+
+def _save_atomically(model, out_dir: Path, external: bool) -> None:
+    """Write into a temporary directory beside the target, then rename: readers never see half a model.
+
+    The data file is moved first, so a `model.onnx` that exists always has its weights beside it;
+    a stale data file from an earlier external export is removed.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".onnx-export-", dir=out_dir))
+    try:
+        ir.save(model, tmp / MODEL_FILE, external_data=DATA_FILE if external else None)
+        if external:
+            os.replace(tmp / DATA_FILE, out_dir / DATA_FILE)
+        os.replace(tmp / MODEL_FILE, out_dir / MODEL_FILE)
+        if not external and (out_dir / DATA_FILE).exists():
+            (out_dir / DATA_FILE).unlink()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _io(values) -> list[dict[str, Any]]:
+    return [
+        {"name": v.name, "dtype": str(v.dtype.numpy()), "shape": [d if isinstance(d, int) else str(d) for d in v.shape]}
+        for v in values
+    ]
+
+
+def _describe(model, config: ModelConfig, options: ExportOptions, external: bool) -> dict[str, Any]:
+    """Artifact.details: profile, opsets, I/O with symbolic shapes, op counts by domain, lowering report."""
+    from onnx_ir.traversal import RecursiveGraphIterator
+
+    counts: dict[str, Counter] = {}
+    for node in RecursiveGraphIterator(model.graph):
+        counts.setdefault(node.domain or "ai.onnx", Counter())[node.op_type] += 1
+    return {
+        "profile": options.onnx_profile,
+        "opset_imports": {domain or "ai.onnx": version for domain, version in sorted(model.opset_imports.items())},
+        "inputs": _io(model.graph.inputs),
+        "outputs": _io(model.graph.outputs),
+        "logits": "last position only",
+        "prefill_chunk": options.prefill_chunk,
+        "max_seq_len": options.max_seq_len,
+        "dims": {"batch": "B", "sequence": f"T, 1..{options.prefill_chunk} per call", "past_sequence": "P, cached tokens"},
+        "op_counts": {domain: dict(sorted(c.items())) for domain, c in sorted(counts.items())},
+        "ops": onnx_ops.lowering_report(options.onnx_profile, options.prefill_chunk),
+        "external_data": external,
+        "weight_bytes": _weight_bytes(model),
+        "vision_tower": "not exported (text decoder only)" if config.vision is not None else "none",
+    }
