@@ -18,6 +18,7 @@ looked up by name so a build without one still writes the other).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -307,15 +308,22 @@ def export_bundle(model_spec: str, out: str | Path, *, formats: Sequence[str] = 
     out = Path(out)
     chosen = _check_formats(formats)
     check_destination(out, force)
+    created = [p for p in out.parents if not p.exists()]  # removed again if the export fails
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; a bundle is as readable as any new directory
     progress = _Progress(total=4 + len(chosen) + int(validate))
+    placed = False
     try:
         _build(model_spec, staging, chosen, options, golden_steps, validate, progress)
         progress.close()
         place(staging, out, force)
+        placed = True
     finally:
         progress.close()
         shutil.rmtree(staging, ignore_errors=True)
+        if not placed:
+            for parent in created:  # innermost first; each is empty unless someone else wrote there meanwhile
+                with contextlib.suppress(OSError):
+                    parent.rmdir()
     return out

@@ -234,10 +234,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+_OURS = ("qwen_edge", "exporter", "runtime")
+
+
+class _OursOrWarnings(logging.Filter):
+    """Our INFO messages; other libraries' (onnxscript, partitioners, torch.export) only from WARNING up."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.split(".")[0] in _OURS
+
+
 def _configure_logging(debug: bool) -> None:
-    """Our own messages at INFO; the libraries' (onnxscript, torch.export) only from WARNING unless --debug."""
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(message)s")
-    for name in ("qwen_edge", "exporter", "runtime"):
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        if not debug:
+            # A filter on the handler, not a level on the loggers: libraries that raise their own
+            # logger to DEBUG (to collect notes) still propagate here.
+            handler.addFilter(_OursOrWarnings())
+        root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
+    for name in _OURS:
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.INFO)
 
 

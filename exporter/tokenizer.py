@@ -34,7 +34,8 @@ class TokenizerInfo:
     bos_token_id: int | None
     eos_token_ids: tuple[int, ...]
     pad_token_id: int | None
-    tokens: dict[str, str | None] = field(default_factory=dict)  # bos_token / eos_token / pad_token strings
+    tokens: dict[str, str | None] = field(  # the special tokens' strings, as tokenizer_config.json names them
+        default_factory=lambda: {"bos_token": None, "eos_token": None, "pad_token": None})
     special_tokens: dict[str, int] = field(default_factory=dict)  # content -> id of every special token
     note: str | None = None
 

@@ -1,0 +1,259 @@
+"""The three ways to run a bundle's model, behind one small interface.
+
+A `Backend` runs a chunk of token ids at given positions and returns the last
+position's logits; it owns the model's state between calls and drops it on
+`reset()`. Chunking, positions, capacity checks, sampling and text live in
+`runtime.session`, once for all backends. Each backend follows the I/O
+contract in `exporter.artifact`:
+
+- `reference`: the PyTorch decoder (`exporter.model`), state as its list of tensors;
+- `onnx`: an ONNX Runtime session, state fed back as `past_key_values.*` from `present.*`;
+- `pte`: ExecuTorch's Python runtime, `forward(tokens, input_pos)`, state in the
+  program's mutable buffers (input_pos = 0 starts a new sequence).
+
+Not here: reading or verifying the bundle (`runtime.bundle`).
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import os
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+
+from exporter.artifact import state_names
+from runtime.bundle import Bundle
+from runtime.errors import BundleError
+
+log = logging.getLogger("qwen_edge")
+
+BACKENDS = ("reference", "onnx", "pte")
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use: hyper-threads share one core's FPUs, so they rarely help GEMV."""
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return allowed
+    cores, physical = set(), "0"
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "physical id":
+            physical = value.strip()
+        elif key.strip() == "core id":
+            cores.add((physical, value.strip()))
+    return max(1, min(allowed, len(cores) or allowed))
+
+
+class Backend(abc.ABC):
+    """Runs token chunks on one model; subclasses hold the state in whatever form their engine wants."""
+
+    name: str
+    max_chunk: int  # most tokens one call takes
+    capacity: int  # most tokens one sequence may hold
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Forget the sequence: the next call starts at position 0."""
+
+    @abc.abstractmethod
+    def forward(self, ids: np.ndarray, pos: int) -> np.ndarray:
+        """ids int64 [T] at positions pos..pos+T-1 (1 <= T <= max_chunk) -> logits float32 [V] of the last."""
+
+    def state(self) -> dict[str, np.ndarray] | None:
+        """The carried state as `{"{layer}.{part}": array}` in the ONNX layout, where the engine exposes it."""
+        return None
+
+
+class ReferenceBackend(Backend):
+    name = "reference"
+
+    def __init__(self, model, max_chunk: int, capacity: int):
+        self.model, self.max_chunk, self.capacity = model, max_chunk, capacity
+        self._state = None
+
+    def reset(self) -> None:
+        self._state = None
+
+    def forward(self, ids: np.ndarray, pos: int) -> np.ndarray:
+        import torch
+
+        tokens = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).view(1, -1)  # [1, T]
+        positions = torch.arange(pos, pos + tokens.shape[1]).view(1, -1)  # [1, T]
+        with torch.no_grad():
+            out = self.model(tokens, self._state, positions=positions)
+        self._state = out.state
+        return out.logits[0, -1].float().numpy()
+
+    def state(self) -> dict[str, np.ndarray] | None:
+        if self._state is None:
+            return None
+        names = state_names(self.model.config)
+        flat = [t for layer in self._state for t in layer]
+        return {f"{i}.{part}": t.float().numpy() for (i, part), t in zip(names, flat, strict=True)}
+
+
+class OnnxBackend(Backend):
+    """ONNX Runtime; the state stays in OrtValues between calls, so no NumPy copy of the caches per token."""
+
+    name = "onnx"
+    _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+    def __init__(self, bundle: Bundle, threads: int):
+        import onnxruntime as ort
+
+        artifact = bundle.artifact("onnx")
+        self.max_chunk, self.capacity = _limits(bundle, artifact)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # ORT's default spawns one per logical core: set it explicitly
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        path = bundle.file(artifact["files"][0]["path"])
+        try:
+            self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # ORT raises its own exception types (Fail, InvalidGraph, ...) with no common base
+            raise BundleError(f"{path}: ONNX Runtime cannot load it ({str(err).splitlines()[0]})") from err
+        self._ort = ort
+        self._names = [(i, part) for i, part in state_names(bundle.config.text)]
+        self._inputs = {i.name: i for i in self._session.get_inputs()}
+        self._text = bundle.config.text
+        self.reset()
+
+    def _empty(self, layer: int, part: str):
+        t = self._text
+        shapes = {
+            "key": (1, t.num_key_value_heads, 0, t.head_dim),
+            "value": (1, t.num_key_value_heads, 0, t.head_dim),
+            "conv": (1, t.conv_dim, t.linear_conv_kernel_dim - 1),
+            "recurrent": (1, t.linear_num_value_heads, t.linear_key_head_dim, t.linear_value_head_dim),
+        }
+        name = f"past_key_values.{layer}.{part}"
+        if name not in self._inputs:
+            raise BundleError(f"model.onnx: input {name!r} missing; the file does not follow exporter/artifact.py")
+        dtype = self._DTYPES.get(self._inputs[name].type, np.float32)
+        return self._ort.OrtValue.ortvalue_from_numpy(np.zeros(shapes[part], dtype=dtype))
+
+    def reset(self) -> None:
+        self._past = {f"past_key_values.{i}.{p}": self._empty(i, p) for i, p in self._names}
+
+    def forward(self, ids: np.ndarray, pos: int) -> np.ndarray:
+        T = len(ids)
+        feeds = dict(self._past)
+        feeds["input_ids"] = self._ort.OrtValue.ortvalue_from_numpy(np.asarray(ids, dtype=np.int64).reshape(1, T))
+        positions = np.broadcast_to(np.arange(pos, pos + T, dtype=np.int64), (3, 1, T))
+        feeds["position_ids"] = self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(positions))
+        outputs = ["logits"] + [f"present.{i}.{p}" for i, p in self._names]
+        values = self._session.run_with_ort_values(outputs, feeds)
+        self._past = {f"past_key_values.{i}.{p}": v for (i, p), v in zip(self._names, values[1:], strict=True)}
+        return values[0].numpy()[0].astype(np.float32, copy=False)
+
+    def state(self) -> dict[str, np.ndarray] | None:
+        return {f"{i}.{p}": self._past[f"past_key_values.{i}.{p}"].numpy().astype(np.float32) for i, p in self._names}
+
+
+class PteBackend(Backend):
+    """ExecuTorch's Python runtime driving `forward(tokens [1, T], input_pos [1]) -> logits [1, V]`."""
+
+    name = "pte"
+
+    def __init__(self, bundle: Bundle, threads: int):
+        import torch
+        from executorch.runtime import Runtime
+
+        artifact = bundle.artifact("pte")
+        self.max_chunk, self.capacity = _limits(bundle, artifact)
+        _set_executorch_threads(threads)
+        files = [bundle.file(entry["path"]) for entry in artifact["files"]]
+        path, data = files[0], [f for f in files[1:] if f.suffix == ".ptd"]
+        if len(data) > 1:
+            raise BundleError(f"{path}: {len(data)} .ptd data files listed; ExecuTorch's Python runtime takes one")
+        try:
+            # Weights may live outside the program in a .ptd file (external constants).
+            program = Runtime.get().load_program(path, data_path=data[0] if data else None)
+            method = program.load_method("forward")
+        except (RuntimeError, ValueError) as err:
+            raise BundleError(f"{path}: ExecuTorch cannot load it ({str(err).splitlines()[0]})") from err
+        if method is None:
+            raise BundleError(f"{path}: has no 'forward' method; the file does not follow exporter/artifact.py")
+        self._method, self._torch = method, torch
+
+    def reset(self) -> None:
+        """Nothing to drop here: the next call passes input_pos = 0, which the program takes as a new sequence."""
+
+    def forward(self, ids: np.ndarray, pos: int) -> np.ndarray:
+        torch = self._torch
+        tokens = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).view(1, -1)  # [1, T]
+        (logits,) = self._method.execute([tokens, torch.tensor([pos], dtype=torch.int64)])[:1]
+        return logits.float().numpy()[0]
+
+
+def _limits(bundle: Bundle, artifact: dict) -> tuple[int, int]:
+    """(prefill chunk, max_seq_len) of an artifact: its own details first, the bundle's export options else."""
+    details = artifact.get("details", {})
+    export = bundle.export
+    return int(details.get("prefill_chunk", export["prefill_chunk"])), int(details.get("max_seq_len", export["max_seq_len"]))
+
+
+def _set_executorch_threads(threads: int) -> None:
+    try:
+        from executorch.extension.pybindings import portable_lib
+    except ImportError:
+        log.info("ExecuTorch thread pool size not set: portable_lib is unavailable")
+        return
+    reset = getattr(portable_lib, "_unsafe_reset_threadpool", None)
+    if reset is None:
+        log.info("ExecuTorch thread pool size not set: this ExecuTorch has no _unsafe_reset_threadpool")
+        return
+    reset(threads)
+
+
+def reference_model(bundle: Bundle, checkpoint: str | Path | None = None):
+    """The reference decoder of a bundle: from `checkpoint`, or rebuilt from the manifest's preset source + seed."""
+    from exporter.checkpoint import load_model, random_model
+
+    source = bundle.source
+    if checkpoint is not None:
+        config, model, _ = load_model(checkpoint)
+        _check_same_model(bundle, config.text, checkpoint)
+        return model
+    if source.get("kind") == "preset":
+        return random_model(bundle.config, seed=int(source.get("seed") or 0))
+    raise BundleError(
+        f"{bundle.root}: exported from checkpoint {source.get('name')!r}; the reference model needs it: "
+        "pass --model CHECKPOINT"
+    )
+
+
+def _check_same_model(bundle: Bundle, text, checkpoint) -> None:
+    expected = bundle.config.text
+    diff = [f.name for f in fields(expected) if getattr(expected, f.name) != getattr(text, f.name)]
+    if diff:
+        shown = ", ".join(f"{n} {getattr(text, n)!r} vs {getattr(expected, n)!r}" for n in diff[:3])
+        raise BundleError(f"{checkpoint}: not the bundle's model ({shown}); give the checkpoint it was exported from")
+
+
+def make_backend(bundle: Bundle, name: str, *, model=None, threads: int | None = None) -> Backend:
+    """A backend over the bundle. `model`: a checkpoint path or a loaded `Qwen35Model` (reference only).
+
+    `threads`: intra-op threads; ONNX Runtime and ExecuTorch default to the physical cores, the
+    reference keeps PyTorch's setting unless given.
+    """
+    if name == "reference":
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)  # process-wide: PyTorch has no per-model thread pool
+        if model is None or isinstance(model, (str, Path)):
+            model = reference_model(bundle, model)
+        return ReferenceBackend(model, int(bundle.export["prefill_chunk"]), int(bundle.export["max_seq_len"]))
+    threads = threads or physical_cores()
+    if name == "onnx":
+        return OnnxBackend(bundle, threads)
+    if name == "pte":
+        return PteBackend(bundle, threads)
+    raise BundleError(f"backend {name!r}: unknown; choose one of {', '.join(BACKENDS)}")

@@ -1,0 +1,168 @@
+"""The numbers validation reports: logit metrics, greedy agreement, state differences, perplexity, layer attribution.
+
+Plain functions over NumPy arrays (and, for layer attribution, two PyTorch
+reference models), each checked against a `Tolerance` into a `Check`.
+`runtime.validate` decides what to run and assembles the report.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from runtime.tolerances import Tolerance
+
+
+@dataclass
+class Check:
+    """One comparison: its metrics, whether they meet the bounds (None: not applicable), and a note."""
+
+    name: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    passed: bool | None = None
+    note: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "metrics": self.metrics, "passed": self.passed, "note": self.note}
+
+
+def logit_metrics(candidate: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """candidate, reference [n, V] -> max_abs, rel_rms, cosine (worst row), top1 (fraction of rows agreeing)."""
+    c = np.atleast_2d(candidate).astype(np.float64)
+    r = np.atleast_2d(reference).astype(np.float64)
+    diff = c - r
+    rms_ref = math.sqrt(float(np.mean(r * r))) or 1e-30
+    norms = np.linalg.norm(c, axis=-1) * np.linalg.norm(r, axis=-1)
+    cosine = np.sum(c * r, axis=-1) / np.maximum(norms, 1e-30)
+    return {
+        "max_abs": float(np.max(np.abs(diff))),
+        "rel_rms": math.sqrt(float(np.mean(diff * diff))) / rms_ref,
+        "cosine": float(np.min(cosine)),
+        "top1": float(np.mean(np.argmax(c, -1) == np.argmax(r, -1))),
+        "positions": int(c.shape[0]),
+    }
+
+
+def logit_check(name: str, candidate: np.ndarray, reference: np.ndarray, tol: Tolerance) -> Check:
+    m = logit_metrics(candidate, reference)
+    passed = (
+        m["max_abs"] <= tol.max_abs
+        and m["rel_rms"] <= tol.rel_rms
+        and m["cosine"] >= tol.min_cosine
+        and m["top1"] >= tol.min_top1
+    )
+    return Check(name, m, passed)
+
+
+def greedy_check(candidate: np.ndarray, reference: np.ndarray, tol: Tolerance) -> Check:
+    """Agreement of two greedy continuations: the matching prefix, as a fraction of the reference's length."""
+    n = len(reference)
+    mismatch = next((i for i in range(n) if i >= len(candidate) or candidate[i] != reference[i]), None)
+    agreement = 1.0 if mismatch is None else mismatch / n
+    note = "" if mismatch is None else (
+        f"first difference at step {mismatch}: {int(candidate[mismatch]) if mismatch < len(candidate) else None} "
+        f"vs reference {int(reference[mismatch])}"
+    )
+    metrics = {"agreement": agreement, "steps": n, "first_mismatch": mismatch}
+    return Check(f"greedy decode, {n} tokens", metrics, agreement >= tol.min_greedy, note)
+
+
+def state_check(candidate: dict[str, np.ndarray] | None, reference: dict[str, np.ndarray] | None,
+                tol: Tolerance) -> Check:
+    """Final carried state after the one-call prefill, tensor by tensor."""
+    name = "final state after prefill"
+    if reference is None:
+        return Check(name, note="needs the live reference model (--model, or a preset bundle)")
+    if candidate is None:
+        return Check(name, note="this engine keeps the state in the program's buffers; checked through the "
+                                "decode logits that follow it")
+    worst, where, shapes = 0.0, None, []
+    for key, ref in reference.items():
+        got = candidate.get(key)
+        if got is None or got.shape != ref.shape:
+            shapes.append(f"{key} {None if got is None else got.shape} vs {ref.shape}")
+            continue
+        err = float(np.max(np.abs(got.astype(np.float64) - ref), initial=0.0))
+        if err >= worst:
+            worst, where = err, key
+    if shapes:
+        return Check(name, {"tensors": len(reference)}, False, "shape mismatch: " + "; ".join(shapes[:3]))
+    return Check(name, {"max_abs": worst, "worst_tensor": where, "tensors": len(reference)}, worst <= tol.max_state_abs)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax in fp32 (the max is subtracted first, so fp32 loses nothing that matters here;
+    fp64 would double the memory of a [W, 248k] window)."""
+    x = x.astype(np.float32, copy=True)
+    x -= x.max(-1, keepdims=True)
+    x -= np.log(np.exp(x).sum(-1, keepdims=True))
+    return x
+
+
+def next_token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """logits [n, V] predicting targets [n] -> negative log-likelihood per position."""
+    return -_log_softmax(logits)[np.arange(len(targets)), targets].astype(np.float64)
+
+
+def kl_divergence(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Mean over rows of KL(p_reference || p_candidate) of next-token distributions."""
+    lr, lc = _log_softmax(reference), _log_softmax(candidate)
+    return float(np.mean(np.sum(np.exp(lr) * (lr - lc), axis=-1, dtype=np.float64)))
+
+
+class PerplexityMeter:
+    """Accumulates, window by window, the perplexity of a candidate and of the reference on held-out tokens.
+
+    One window's logits for a 248k vocabulary are about 1 MB a token, so each
+    window is reduced to sums as it comes instead of being kept.
+    """
+
+    def __init__(self):
+        self.nll, self.ref_nll, self.agree, self.kl, self.count = 0.0, 0.0, 0, 0.0, 0
+
+    def add(self, candidate: np.ndarray, reference: np.ndarray, tokens: np.ndarray) -> None:
+        """candidate, reference logits [W, V] over the window `tokens` [W] (position i predicts i+1)."""
+        targets = tokens[1:]
+        c, r = candidate[:-1], reference[:-1]
+        self.nll += float(next_token_nll(c, targets).sum())
+        self.ref_nll += float(next_token_nll(r, targets).sum())
+        self.agree += int(np.sum(np.argmax(c, -1) == np.argmax(r, -1)))
+        self.kl += kl_divergence(r, c) * len(targets)
+        self.count += len(targets)
+
+    def check(self, tol: Tolerance) -> Check:
+        n = max(self.count, 1)
+        ppl, ref_ppl = math.exp(self.nll / n), math.exp(self.ref_nll / n)
+        metrics = {
+            "perplexity": ppl,
+            "reference_perplexity": ref_ppl,
+            "increase": ppl / ref_ppl - 1.0,
+            "top1": self.agree / n,
+            "kl_divergence": self.kl / n,
+            "tokens": self.count,
+        }
+        return Check("perplexity on eval tokens", metrics, metrics["increase"] <= tol.max_ppl_increase)
+
+
+def layer_names(layer_types) -> list[str]:
+    """Names of the hidden states `output_hidden_states` returns: the embeddings, then each layer's output."""
+    return ["embed_tokens"] + [f"layers.{i} ({kind})" for i, kind in enumerate(layer_types)]
+
+
+def first_diverging_layer(candidate, reference, prompt_ids, tol: Tolerance) -> str:
+    """Run both PyTorch models on the prompt and name the first hidden state beyond `tol.rel_rms`."""
+    import torch
+
+    tokens = torch.as_tensor(np.asarray(prompt_ids, dtype=np.int64)).view(1, -1)
+    with torch.no_grad():
+        ours = candidate(tokens, output_hidden_states=True).hidden_states
+        theirs = reference(tokens, output_hidden_states=True).hidden_states
+    names = layer_names(reference.config.layer_types)
+    for name, a, b in zip(names, ours, theirs, strict=True):
+        rel = float((a - b).float().pow(2).mean().sqrt() / b.float().pow(2).mean().sqrt().clamp_min(1e-30))
+        if rel > tol.rel_rms:
+            return f"{name}: hidden-state relative RMS difference {rel:.2e} > {tol.rel_rms:g}"
+    return "none of the layers: the divergence starts in the final norm or the LM head"

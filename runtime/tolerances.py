@@ -1,0 +1,77 @@
+"""How close an artifact must stay to the reference, per quantization scheme: one frozen table.
+
+Each entry bounds the metrics `runtime.validate` reports and says in one line
+why the bounds are what they are. Logit metrics compare an artifact's logits
+with the fp32 reference's on the same tokens; `min_greedy` is the fraction of
+the greedy continuation that matches before the first differing token (after
+it, the two continuations see different text, so later agreement means little);
+`max_ppl_increase` bounds (artifact perplexity / reference perplexity - 1) on
+`--eval-tokens`. A scheme missing here is an error, not a silent default: add
+its line when a quantizer adds the scheme.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from types import MappingProxyType
+from typing import Any
+
+from exporter.errors import QwenEdgeError
+
+OFF = math.inf  # a bound that does not apply to this scheme
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    max_abs: float  # largest |logit difference| at any position
+    rel_rms: float  # RMS of the difference / RMS of the reference logits
+    min_cosine: float  # worst per-position cosine similarity of logits
+    min_top1: float  # fraction of positions whose argmax agrees
+    min_greedy: float  # fraction of the greedy continuation matching before the first difference
+    max_state_abs: float  # largest |difference| in the carried state after prefill (where exposed)
+    max_ppl_increase: float  # relative perplexity increase on held-out tokens
+    reason: str
+
+    def as_json(self) -> dict[str, Any]:
+        """The bounds for a report (JSON has no infinity: an unbounded metric is null)."""
+        return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in asdict(self).items()}
+
+
+TOLERANCES = MappingProxyType({
+    "fp32": Tolerance(
+        max_abs=1e-3, rel_rms=1e-4, min_cosine=0.99999, min_top1=1.0, min_greedy=1.0,
+        max_state_abs=1e-3, max_ppl_increase=1e-3,
+        reason="same math in fp32: only summation order and fused kernels differ (about 1e-6 relative)",
+    ),
+    "fp16": Tolerance(
+        max_abs=OFF, rel_rms=1e-2, min_cosine=0.9995, min_top1=0.95, min_greedy=0.5,
+        max_state_abs=OFF, max_ppl_increase=5e-3,
+        reason="fp16 activations carry 11 mantissa bits: about 1e-3 relative per op, compounding over layers",
+    ),
+    "8w": Tolerance(
+        max_abs=OFF, rel_rms=5e-2, min_cosine=0.998, min_top1=0.9, min_greedy=0.5,
+        max_state_abs=OFF, max_ppl_increase=0.01,
+        reason="int8 per-channel weights (about 0.4 % weight error); issue 6 bounds perplexity at +1 %",
+    ),
+    "4w": Tolerance(
+        max_abs=OFF, rel_rms=0.25, min_cosine=0.97, min_top1=0.7, min_greedy=0.25,
+        max_state_abs=OFF, max_ppl_increase=0.05,
+        reason="int4 group-32 weights, int8 embedding; issue 6 bounds perplexity at +5 %",
+    ),
+    "8da4w": Tolerance(
+        max_abs=OFF, rel_rms=0.25, min_cosine=0.97, min_top1=0.7, min_greedy=0.25,
+        max_state_abs=OFF, max_ppl_increase=0.05,
+        reason="as 4w, plus per-token dynamic int8 activations (about 0.5 % per matmul); issue 6: +5 %",
+    ),
+})
+
+
+def tolerance(quant: str) -> Tolerance:
+    """The bounds of a quantization scheme."""
+    if quant not in TOLERANCES:
+        raise QwenEdgeError(
+            f"quantization {quant!r}: no tolerance entry; known: {', '.join(TOLERANCES)} "
+            "(add one line with its reason to runtime/tolerances.py)"
+        )
+    return TOLERANCES[quant]

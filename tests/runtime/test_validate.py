@@ -1,0 +1,116 @@
+"""Validation: the reference passes against its own golden outputs, a changed layer is found and named,
+perplexity on held-out tokens is reported with the fields issue 6 reads, and the tolerance table is data."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import runtime.validate
+
+from exporter.checkpoint import random_model, save_checkpoint
+from exporter.config import preset
+from exporter.errors import QwenEdgeError
+from runtime.bundle import open_bundle
+from runtime.compare import greedy_check, logit_metrics
+from runtime.tolerances import TOLERANCES, tolerance
+from runtime.validate import ARTIFACT_LAYER_NOTE, build_oracle, format_report, validate_bundle, write_report
+from tests.conftest import need_fixture
+from tests.runtime.fakes import fake_bundle, shared_trained_bundle
+
+ISSUE_6_FIELDS = {"format", "quant", "perplexity", "reference_perplexity", "top1_agreement", "greedy_agreement",
+                  "size_bytes"}
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    return fake_bundle("tiny", tmp_path_factory.mktemp("tiny") / "bundle")
+
+
+@pytest.fixture(scope="module")
+def perturbed_checkpoint(tmp_path_factory):
+    """The tiny preset's weights with layer 2's MLP changed: everything before it is identical."""
+    config = preset("tiny")
+    model = random_model(config, seed=0)
+    with torch.no_grad():
+        model.layers[2].mlp.down_proj.weight.mul_(1.5)
+    return save_checkpoint(config, model, tmp_path_factory.mktemp("ckpt") / "perturbed")
+
+
+def test_reference_passes_against_the_rebuilt_preset(tiny_bundle):
+    report = validate_bundle(tiny_bundle, "reference")
+    assert report["passed"] and report["reference"]["kind"] == "preset"
+    (entry,) = report["artifacts"]
+    assert entry["greedy_agreement"] == 1.0 and entry["top1_agreement"] == 1.0
+    names = [c["name"] for c in entry["checks"]]
+    assert any("prompt positions" in n for n in names) and any("teacher-forced" in n for n in names)
+    state = next(c for c in entry["checks"] if c["name"].startswith("final state"))
+    assert state["passed"] is True and state["metrics"]["tensors"] == 8
+
+
+def test_a_changed_layer_fails_and_is_named(tiny_bundle, perturbed_checkpoint):
+    report = validate_bundle(tiny_bundle, "reference", model=perturbed_checkpoint)
+    assert not report["passed"]
+    (entry,) = report["artifacts"]
+    assert entry["first_diverging_layer"].startswith("layers.2 (linear_attention)")
+    assert "first diverging layer: layers.2" in format_report(report)
+
+
+def test_artifacts_say_layer_attribution_needs_a_debug_export():
+    assert "debug export" in ARTIFACT_LAYER_NOTE
+
+
+def test_trained_reference_passes_against_golden_and_checkpoint():
+    checkpoint = need_fixture("qwen35-tiny-code")
+    bundle = shared_trained_bundle()
+    oracle = build_oracle(open_bundle(bundle))
+    assert oracle.kind == "golden" and oracle.model is None
+    report = validate_bundle(bundle, "reference", model=checkpoint, steps=6)
+    assert report["passed"] and report["reference"]["kind"] == "checkpoint"
+
+
+def test_eval_tokens_report_perplexity_with_issue_6_fields(tiny_bundle, tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime.validate, "EVAL_GREEDY_STEPS", 8)
+    tokens = np.random.default_rng(0).integers(0, 1024, size=300).astype(np.uint32)
+    np.save(tmp_path / "tokens.npy", tokens)
+    report = validate_bundle(tiny_bundle, "reference", eval_tokens=tmp_path / "tokens.npy", eval_window=64,
+                             eval_max_tokens=130)
+    (entry,) = report["artifacts"]
+    assert ISSUE_6_FIELDS <= entry.keys()
+    assert report["eval"]["tokens"] == 130 and report["eval"]["windows"] == 3
+    greedy = next(c for c in entry["checks"] if c["name"].startswith("greedy decode on"))
+    assert greedy["metrics"] == {"agreement": 1.0, "worst": 1.0, "prompts": 3, "steps": 8}
+    assert math.isclose(entry["perplexity"], entry["reference_perplexity"], rel_tol=1e-4)
+    assert entry["top1_agreement"] == 1.0 and abs(entry["kl_divergence"]) < 1e-6
+    write_report(report, tmp_path / "report.json")
+    assert json.loads((tmp_path / "report.json").read_text())["passed"] is True
+
+
+def test_eval_tokens_outside_the_vocabulary_are_refused(tiny_bundle, tmp_path):
+    np.save(tmp_path / "tokens.npy", np.array([1, 2, 5000]))
+    with pytest.raises(QwenEdgeError, match="outside the model's vocabulary"):
+        validate_bundle(tiny_bundle, "reference", eval_tokens=tmp_path / "tokens.npy")
+
+
+def test_metrics():
+    ref = np.array([[1.0, 2.0, 3.0], [0.0, 1.0, 0.0]])
+    m = logit_metrics(ref + np.array([[0, 0, 0.5], [0, 0, 2.0]]), ref)
+    assert m["max_abs"] == 2.0 and m["top1"] == 0.5 and m["positions"] == 2
+    assert math.isclose(m["rel_rms"], math.sqrt((0.25 + 4) / 6) / math.sqrt(15 / 6))
+    check = greedy_check(np.array([1, 2, 9, 4]), np.array([1, 2, 3, 4]), tolerance("fp32"))
+    assert check.metrics["agreement"] == 0.5 and check.metrics["first_mismatch"] == 2 and check.passed is False
+
+
+def test_tolerance_table_is_data_with_reasons():
+    assert TOLERANCES["fp32"].max_abs <= 1e-3 and TOLERANCES["fp32"].min_greedy == 1.0
+    for name, tol in TOLERANCES.items():
+        assert tol.reason and "\n" not in tol.reason, name
+        json.dumps(tol.as_json(), allow_nan=False)
+    with pytest.raises(QwenEdgeError, match="no tolerance entry"):
+        tolerance("3w")
+    with pytest.raises(TypeError):
+        TOLERANCES["fp32"] = TOLERANCES["8w"]
