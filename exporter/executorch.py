@@ -152,15 +152,19 @@ def lower_custom_ops(program: torch.export.ExportedProgram, options: ExportOptio
     return program.run_decompositions(table)
 
 
-def tag_external_weights(program: torch.export.ExportedProgram, options: ExportOptions) -> torch.export.ExportedProgram:
-    """Re-export with every weight tagged for the external data file (one copy of tied weights)."""
-    from executorch.exir.passes.external_constants_pass import delegate_external_constants_pass_unlifted
+def tag_external_weights(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """Tag every weight for the external data file, so tied weights are stored once.
 
-    module = program.module()
-    delegate_external_constants_pass_unlifted(module, gen_tag_fn=lambda _node: _WEIGHTS_TAG)
-    steps = torch.export.Dim("T", min=1, max=options.prefill_chunk)
-    example = (torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, dtype=torch.long))
-    return torch.export.export(module, example, dynamic_shapes=({1: steps}, None), strict=False)
+    What ExecuTorch's `delegate_external_constants_pass_unlifted` does on an unlifted
+    module, done in place on the lifted program's weight placeholders: no second export.
+    """
+    signature = program.graph_signature
+    weights = set(signature.inputs_to_parameters) | set(signature.inputs_to_lifted_tensor_constants)
+    weights |= {name for name, buffer in signature.inputs_to_buffers.items() if buffer not in signature.buffers_to_mutate.values()}
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in weights:
+            node.meta.setdefault("custom", {})["delegate_constant_tag"] = _WEIGHTS_TAG
+    return program
 
 
 def lower_to_xnnpack(program: torch.export.ExportedProgram, constant_methods: dict[str, object]):
@@ -261,14 +265,16 @@ class _capture_logs:
     def __enter__(self) -> list[str]:
         self.handler = logging.Handler(level=logging.DEBUG)
         self.handler.emit = lambda record: self.records.append(record.getMessage())
-        self.old_level = self.logger.level
+        self.old_level, self.old_propagate = self.logger.level, self.logger.propagate
         self.logger.addHandler(self.handler)
         self.logger.setLevel(logging.DEBUG)
+        self.logger.propagate = False  # the notes go to the report, not to the user's console
         return self.records
 
     def __exit__(self, *exc):
         self.logger.removeHandler(self.handler)
         self.logger.setLevel(self.old_level)
+        self.logger.propagate = self.old_propagate
 
 
 # ---------------------------------------------------------------------------
@@ -290,7 +296,7 @@ def export_executorch(model: Qwen35Model, config: ModelConfig, out_dir: Path, op
     meta = metadata(config, options)
     program = stage("export", export_program, model, options)
     program = stage("lower custom ops", lower_custom_ops, program, options)
-    program = stage("tag weights", tag_external_weights, program, options)
+    program = stage("tag weights", tag_external_weights, program)
     edge, notes = stage("to_edge + XNNPACK", lower_to_xnnpack, program, meta)
     report = delegation_report(edge, notes)
     et_program = stage("to_executorch", to_executorch_program, edge)

@@ -263,8 +263,11 @@ def _(
 
 
 # ---------------------------------------------------------------------------------------------------
-# ONNX translation (planned; implemented with the ONNX lowering)
+# ONNX translation (implemented in exporter/onnx_ops.py, which exporter/onnx.py applies per profile)
 # ---------------------------------------------------------------------------------------------------
+# Profile "ort": moe_to_contrib, the mapping below (the interleave is folded into the initializer at
+# export). Profile "portable": moe_portable, an If on choose_form's threshold between moe_gather and
+# moe_dense, so the graph picks the form the eager kernel picks.
 # The routed part maps onto ONNX Runtime's contrib op com.microsoft::MoE (QMoE, its sibling with
 # int4/int8 expert weights and scales, takes the same routing and activation attributes; check its
 # CPU kernel's dtypes before relying on it); the shared expert stays outside as plain
@@ -280,7 +283,6 @@ def _(
 #     down_proj, but the CPU kernel accepts only swiglu_fusion=1, gate and up rows interleaved
 #     (g0, u0, g1, u1, ...), and rejects 2 ([gate | up], our layout), so the lowering re-lays the
 #     constant: gate_up_proj.unflatten(1, (2, I)).transpose(1, 2).reshape(E, 2I, D). No fc3 on CPU.
-# Where the contrib op cannot run (a provider without it), export `decomposition` instead.
 
 
 # ---------------------------------------------------------------------------------------------------
