@@ -55,11 +55,13 @@ class OnnxExportError(QwenEdgeError):
 
 
 class OnnxDecoder(nn.Module):
-    """The ONNX signature around the reference model: flat state in and out, last-position logits.
+    """The ONNX signature around the reference model: flat state in and out, the last position's logits.
 
-    It runs the model's own modules in the model's order; it differs from `Qwen35Model.forward`
-    only in applying the final norm and LM head to the last position: [B, D] x [D, V] instead of
-    [B, T, D] x [D, V], which saves T - 1 of the largest matmul in every prefill call.
+    It runs the model's own modules in the model's order. The final norm and LM head see the last
+    position only, as `Qwen35Model.forward(last_only=True)` does (T - 1 fewer rows of the largest
+    matmul per prefill call), but as a 2-D [B, D] input rather than [B, 1, D]: torch.onnx lowers a
+    2-D linear to Gemm(transB=1) on the weight as stored, and a 3-D one to MatMul on a transposed
+    copy, which for tied embeddings is a second copy of the embedding (+1 GB at the 0.8B shape).
     """
 
     def __init__(self, model: Qwen35Model):
@@ -90,6 +92,7 @@ def export_onnx(model: Qwen35Model, config: ModelConfig, out_dir: Path, options:
     """Export the decoder to `out_dir/model.onnx` (+ `model.onnx.data` above 2 GB of weights) and describe it."""
     _check(model, config, options)
     start = time.perf_counter()
+    logger.info("ONNX export, %s profile: tracing %d layers", options.onnx_profile, config.text.num_hidden_layers)
     program = _trace(model, config, options)
     decompositions = onnx_ops.decompositions(options.onnx_profile, options.prefill_chunk)
     if decompositions:  # a re-trace of the whole program: skipped when there is nothing to replace
@@ -103,12 +106,14 @@ def export_onnx(model: Qwen35Model, config: ModelConfig, out_dir: Path, options:
         input_names=input_names,
         output_names=output_names,
         optimize=True,
+        verbose=False,
     )
     onnx_model = onnx_program.model
     _fold_weight_layouts(onnx_model)
     _name_dynamic_dims(onnx_model)
     external = _weight_bytes(onnx_model) > EXTERNAL_DATA_THRESHOLD
     _save_atomically(onnx_model, Path(out_dir), external)
+    logger.info("ONNX export: wrote %s in %.0f s", Path(out_dir) / MODEL_FILE, time.perf_counter() - start)
     details = _describe(onnx_model, config, options, external)
     details["export_seconds"] = round(time.perf_counter() - start, 1)
     files = [MODEL_FILE, DATA_FILE] if external else [MODEL_FILE]
@@ -162,7 +167,7 @@ def _trace(model: Qwen35Model, config: ModelConfig, options: ExportOptions) -> t
     """torch.export with dynamic B, T (<= prefill_chunk) and P (<= max_seq_len)."""
     # Example sizes of at least 2: torch.export specialises dimensions that are 0 or 1 in the example.
     batch, steps, past = 2, 2, 2
-    batch_dim = torch.export.Dim("batch", min=1, max=64)
+    batch_dim = torch.export.Dim("batch", min=1)
     steps_dim = torch.export.Dim("sequence", min=1, max=options.prefill_chunk)
     past_dim = torch.export.Dim("past_sequence", min=0, max=options.max_seq_len)
     state_shapes = []
@@ -298,4 +303,15 @@ def _describe(model, config: ModelConfig, options: ExportOptions, external: bool
         "external_data": external,
         "weight_bytes": _weight_bytes(model),
         "vision_tower": "not exported (text decoder only)" if config.vision is not None else "none",
+        "toolchain": _toolchain(),
     }
+
+
+def _toolchain() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import onnxscript
+
+    # onnxruntime: the contrib-op schemas of the ort profile come from this version
+    modules = (torch, onnx, onnxscript, onnxruntime)
+    return {module.__name__: module.__version__ for module in modules}

@@ -29,7 +29,6 @@ import torch
 from ops.gated_delta_rule import single_chunk_gated_delta_rule
 from ops.moe import GATHER_MAX_LOAD, moe_dense, moe_gather
 
-PROFILES = ("ort", "portable")
 CONTRIB_DOMAIN = "com.microsoft"
 
 
@@ -47,7 +46,10 @@ def contrib_op(name: str):
 
     found = [s for s in ort_capi.get_all_operator_schema() if s.domain == CONTRIB_DOMAIN and s.name == name]
     if not found:
-        raise RuntimeError(f"onnxruntime has no {CONTRIB_DOMAIN}::{name}; install onnxruntime >= 1.32 for the ort profile")
+        raise RuntimeError(
+            f"onnxruntime {ort_capi.get_version_string()} has no {CONTRIB_DOMAIN}::{name}; "
+            "install onnxruntime >= 1.32 for the ort profile, or export with the portable profile"
+        )
     src = max(found, key=lambda s: s.since_version)
     schema_cls = onnx.defs.OpSchema
 
@@ -62,7 +64,9 @@ def contrib_op(name: str):
         inputs=[param(p) for p in src.inputs],
         outputs=[param(p) for p in src.outputs],
         type_constraints=[(tc.type_param_str, list(tc.allowed_type_strs), "") for tc in src.type_constraints],
-        attributes=[schema_cls.Attribute(n, schema_cls.AttrType[a.type.name], required=a.required) for n, a in src.attributes.items()],
+        attributes=[
+            schema_cls.Attribute(n, schema_cls.AttrType[a.type.name], required=a.required) for n, a in src.attributes.items()
+        ],
     )
     return onnxscript.values.Op(onnxscript.values.Opset(CONTRIB_DOMAIN, src.since_version), name, schema)
 
@@ -121,7 +125,7 @@ def _delta_rule_chunk(q, k, v, g, beta, state, *, scale: float, max_len: int):
 
 @functools.cache
 def _delta_rule_branches(scale: float, max_len: int) -> tuple[Callable, Callable]:
-    """The two If branches, one object per (scale, max_len): every layer then reuses one compiled pair."""
+    """The two If branches, one object per (scale, max_len), so that dynamo compiles them once, not once per layer."""
     return (
         functools.partial(_delta_rule_step, scale=scale),
         functools.partial(_delta_rule_chunk, scale=scale, max_len=max_len),
@@ -175,8 +179,8 @@ def causal_conv1d_shifted(x, weight, initial_state):
         window = op.Slice(history, start, op.Add(steps, start), op.Constant(value_ints=[1]))  # [B, T, C]
         term = op.Mul(window, op.Gather(taps_first, op.Constant(value_int=j), axis=0))  # [B, T, C]
         y = term if y is None else op.Add(y, term)
-    end = op.Constant(value_ints=[taps - 1 + 2**31])  # past the end: Slice clamps
-    state = op.Transpose(op.Slice(history, steps, end, op.Constant(value_ints=[1])), perm=[0, 2, 1])  # [B, C, K-1]
+    last = op.Slice(history, op.Constant(value_ints=[1 - taps]), op.Constant(value_ints=[2**62]), op.Constant(value_ints=[1]))
+    state = op.Transpose(last, perm=[0, 2, 1])  # the last K-1 steps: [B, C, K-1]
     return op.Mul(y, op.Sigmoid(y)), state  # silu: [B, T, C], [B, C, K-1]
 
 
@@ -227,12 +231,16 @@ def moe_portable(
     Same threshold as `ops.moe.choose_form` (N·K <= E·GATHER_MAX_LOAD), so the graph does what
     the eager op does; N·K and E are integers, so the float bound is floored.
     """
-    weights = (router_weight, gate_up_proj, down_proj, shared_gate_proj, shared_up_proj, shared_down_proj, shared_expert_gate)
-    num_tokens = x.numel() // x.shape[-1]
-    few = num_tokens * top_k <= int(gate_up_proj.shape[0] * GATHER_MAX_LOAD)
+    weights = (
+        router_weight, gate_up_proj, down_proj, shared_gate_proj, shared_up_proj, shared_down_proj, shared_expert_gate
+    )
     gather = functools.partial(_moe_form, moe_gather, top_k=top_k, norm_topk_prob=norm_topk_prob)
     dense = functools.partial(_moe_form, moe_dense, top_k=top_k, norm_topk_prob=norm_topk_prob)
-    return torch.cond(few, gather, dense, (x, *weights))
+    most_gathered = int(gate_up_proj.shape[0] * GATHER_MAX_LOAD)  # N·K bound
+    if most_gathered < top_k:  # even one token is past the bound: the eager op always runs dense
+        return dense(x, *weights)
+    few = x.numel() // x.shape[-1] * top_k <= most_gathered
+    return torch.cond(few, gather, dense, tuple(w.contiguous() for w in (x, *weights)))
 
 
 def _moe_form(form, x, *weights, top_k: int, norm_topk_prob: bool):
@@ -267,7 +275,9 @@ def lowering_report(profile: str, prefill_chunk: int) -> dict[str, str]:
     """What each op became, for the artifact's details (a lowering reports, it does not assert)."""
     if profile == "portable":
         return {
-            "gated_delta_rule": f"standard ops: If(T == 1) one recurrent step, else single-chunk matmuls (max_len {prefill_chunk})",
+            "gated_delta_rule": (
+                f"standard ops: If(T == 1) one recurrent step, else single-chunk matmuls (max_len {prefill_chunk})"
+            ),
             "causal_conv1d": "standard ops: shifted multiply-adds",
             "moe": f"standard ops: If(N*K <= E*{GATHER_MAX_LOAD}) gathered top-k experts, else all experts",
         }
