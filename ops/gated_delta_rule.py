@@ -87,8 +87,11 @@ def _heads_first_fp32(q, k, v, g, beta, scale: float):
     groups = v.shape[2] // k.shape[2]
     q = q.repeat_interleave(groups, dim=2) if groups > 1 else q  # [B, T, Hv, Dk]
     k = k.repeat_interleave(groups, dim=2) if groups > 1 else k  # [B, T, Hv, Dk]
-    q, k, v = (x.transpose(1, 2).float() for x in (q, k, v))  # [B, Hv, T, D]
-    g, beta = (x.transpose(1, 2).float() for x in (g, beta))  # [B, Hv, T]
+    # One copy into heads-first memory here (clone, not contiguous(): no shape guard under export)
+    # saves a copy inside every matmul that reads these.
+    heads_first = lambda x: x.transpose(1, 2).float().clone(memory_format=torch.contiguous_format)  # noqa: E731
+    q, k, v = (heads_first(x) for x in (q, k, v))  # [B, Hv, T, D]
+    g, beta = (heads_first(x) for x in (g, beta))  # [B, Hv, T]
     return q * scale, k, v, g, beta
 
 
@@ -242,11 +245,20 @@ def chunked_gated_delta_rule(
     u, w, attn, q_decayed, k_decayed, chunk_decay = _chunk_terms(q, k, v, g, beta)
 
     state = _start_state(initial_state, k, v)  # [B, H, Dk, Dv]
+    # O = Qd S + attn (U - W S) = (Qd - attn W) S + attn U: the state-free parts are batched over all
+    # chunks here, leaving two state reads (one bmm on [Qd - attn W; W]) and one write per chunk.
+    # Chunk-major copies keep every per-chunk slice contiguous (no copy inside the loop's matmuls).
+    chunk_major = lambda x: x.movedim(2, 0).contiguous()  # noqa: E731  [N, B, H, ...]
+    reads = chunk_major(torch.cat([q_decayed - attn @ w, w], dim=-2))  # [N, B, H, 2C, Dk]
+    intra = chunk_major(attn @ u)  # [N, B, H, C, Dv]
+    u, k_decayed_t = chunk_major(u), chunk_major(k_decayed.transpose(-1, -2))  # [N, B, H, C, Dv], [N, B, H, Dk, C]
+    chunk_decay = chunk_major(chunk_decay)  # [N, B, H, 1, 1]
     outs = []
     for i in range(num_chunks):
-        delta = u[:, :, i] - w[:, :, i] @ state  # [B, H, C, Dv]
-        outs.append(q_decayed[:, :, i] @ state + attn[:, :, i] @ delta)  # [B, H, C, Dv]
-        state = state * chunk_decay[:, :, i] + k_decayed[:, :, i].transpose(-1, -2) @ delta  # [B, H, Dk, Dv]
+        read = reads[i] @ state  # [B, H, 2C, Dv]
+        outs.append(read[..., :chunk_size, :] + intra[i])  # [B, H, C, Dv]
+        delta = u[i] - read[..., chunk_size:, :]  # [B, H, C, Dv]
+        state = state * chunk_decay[i] + k_decayed_t[i] @ delta  # [B, H, Dk, Dv]
     # Transpose, then drop the padding: a slice that is never contiguous, so export does not guard T != padded.
     out = torch.cat(outs, dim=2).transpose(1, 2)[:, :steps]  # [B, T, H, Dv]
     return out.to(out_dtype), state  # [B, T, H, Dv], [B, H, Dk, Dv]
@@ -268,10 +280,7 @@ def single_chunk_gated_delta_rule(q, k, v, g, beta, *, scale: float, initial_sta
     k_dim = k.shape[-1]
     q, k, v, g, beta = _heads_first_fp32(q, k, v, g, beta, scale)  # [B, H, T, D], [B, H, T]
     state = _start_state(initial_state, k, v).reshape(batch * heads, k_dim, v_dim)  # [L, Dk, Dv]
-    # A copy into heads-first layout, then a view: reshaping the transposed tensor directly would
-    # be a view only when T == 1, and export would guard on that.
-    flat = lambda x: x.clone(memory_format=torch.contiguous_format).view(batch * heads, steps, *x.shape[3:])  # noqa: E731
-    q, k, v, g, beta = (flat(x) for x in (q, k, v, g, beta))  # [L, T, D], [L, T]
+    q, k, v, g, beta = (x.view(batch * heads, steps, *x.shape[3:]) for x in (q, k, v, g, beta))  # [L, T, D], [L, T]
     sums = segment_sums(g)  # [L, T, T]
     decay = sums.exp()  # [L, T, T]: D_ij, zero above the diagonal
     from_start = g.cumsum(dim=-1).unsqueeze(-1)  # [L, T, 1]: gamma_i
