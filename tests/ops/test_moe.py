@@ -1,6 +1,5 @@
 """qwen35::moe: oracle == gather == dense == op, transformers parity, bf16, opcheck, export, ORT convention."""
 
-import importlib
 
 import pytest
 import torch
@@ -20,7 +19,6 @@ BF16_RTOL_OF_MAX = 2e-2
 
 TINY = dict(hidden=32, num_experts=8, top_k=2, ffn=16, shared_ffn=24)  # D, E, K, I, Is
 # `ops.moe` the attribute is the op (ops/__init__.py re-exports it); the module holds the threshold
-MOE_MODULE = importlib.import_module("ops.moe")
 
 
 def make_weights(hidden, num_experts, ffn, shared_ffn, seed=0, **_):
@@ -68,14 +66,10 @@ def transformers_block(weights, hidden, num_experts, top_k, ffn, shared_ffn):
     return block
 
 
-@pytest.fixture(params=["gather", "dense", "op-gather", "op-dense"])
-def form(request, monkeypatch):
-    """A form, or the op with its eager kernel forced down one branch (at TINY it picks dense always)."""
-    if request.param.startswith("op-"):
-        load = float("inf") if request.param == "op-gather" else 0.0
-        monkeypatch.setattr(MOE_MODULE, "GATHER_MAX_LOAD", load)
-        return moe
-    return {"gather": moe_gather, "dense": moe_dense}[request.param]
+@pytest.fixture(params=["gather", "dense", "op"])
+def form(request):
+    """An export form, or the op itself (its eager kernel runs the experts hit, one by one)."""
+    return {"gather": moe_gather, "dense": moe_dense, "op": moe}[request.param]
 
 
 @pytest.mark.parametrize("shape", [(1, 32), (5, 32), (64, 32), (2, 3, 32)])
