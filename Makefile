@@ -12,8 +12,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The main job on the built-in default (the `tiny` preset, random weights): export both formats,
+# validate them against the reference, and generate with each backend.
+DEMO := out/demo-bundle
 demo: $(STAMP)
-	$(BIN)/qwen-edge demo
+	$(BIN)/qwen-edge export tiny --out $(DEMO) --max-seq-len 256 --prefill-chunk 32 --force
+	$(BIN)/qwen-edge validate $(DEMO) --backend all
+	$(BIN)/qwen-edge run $(DEMO) --prompt-ids 1,2,3,4,5 --max-new-tokens 12 --backend pte
+	$(BIN)/qwen-edge run $(DEMO) --prompt-ids 1,2,3,4,5 --max-new-tokens 12 --backend onnx
+	$(BIN)/qwen-edge run $(DEMO) --prompt-ids 1,2,3,4,5 --max-new-tokens 12 --backend reference
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
