@@ -45,6 +45,15 @@ class CheckpointInfo:
     vision_keys: list[str] = field(default_factory=list)
     mtp_keys: list[str] = field(default_factory=list)
 
+    @classmethod
+    def of(cls, files: list[Path], keys) -> CheckpointInfo:
+        """Classify a checkpoint's tensor names: the vision tower's and the MTP head's are set aside."""
+        return cls(
+            files=[f.name for f in files],
+            vision_keys=sorted(k for k in keys if k.startswith(_VISION_PREFIXES)),
+            mtp_keys=sorted(k for k in keys if k.startswith(_MTP_PREFIX)),
+        )
+
 
 def checkpoint_files(path: Path) -> list[Path]:
     """The safetensors files of a checkpoint directory, in shard order."""
@@ -195,11 +204,7 @@ def load_model(
         with torch.device("meta"):
             model = Qwen35Model(config.text)
         _load_tensors(model, reader)
-        info = CheckpointInfo(
-            files=[f.name for f in files],
-            vision_keys=sorted(k for k in handles if k.startswith(_VISION_PREFIXES)),
-            mtp_keys=sorted(k for k in handles if k.startswith(_MTP_PREFIX)),
-        )
+        info = CheckpointInfo.of(files, handles)
     return config, model.eval().requires_grad_(False), info
 
 

@@ -34,13 +34,8 @@ def parameter_counts(config: ModelConfig) -> dict[str, int]:
 
 
 def _checkpoint_info(path: Path) -> tuple[CheckpointInfo, int]:
-    keys = list(iter_checkpoint_tensors(path))
-    info = CheckpointInfo(
-        files=[f.name for f in checkpoint_files(path)],
-        vision_keys=[k for k, _, _ in keys if k.startswith(("model.visual.", "visual."))],
-        mtp_keys=[k for k, _, _ in keys if k.startswith("mtp.")],
-    )
-    return info, len(keys)
+    keys = [key for key, _, _ in iter_checkpoint_tensors(path)]
+    return CheckpointInfo.of(checkpoint_files(path), keys), len(keys)
 
 
 def describe_config(config: ModelConfig) -> list[str]:

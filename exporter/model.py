@@ -208,10 +208,9 @@ class Attention(nn.Module):
         return self.o_proj(out), next_state
 
 
-def causal_mask(past: int | Tensor, steps: int, device, capacity: int | None = None) -> Tensor:
-    """[T, S] bool: new token i, at cache index past+i, sees cache entries 0..past+i (S = capacity or past+T)."""
-    size = past + steps if capacity is None else capacity
-    return torch.arange(size, device=device)[None, :] <= (past + torch.arange(steps, device=device))[:, None]
+def causal_mask(past: int, steps: int, device) -> Tensor:
+    """[T, P+T] bool: new token i, at cache index past+i, sees cache entries 0..past+i."""
+    return torch.arange(past + steps, device=device)[None, :] <= (past + torch.arange(steps, device=device))[:, None]
 
 
 class StaticKV(abc.ABC):
