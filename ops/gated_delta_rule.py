@@ -165,19 +165,8 @@ def invert_unit_lower(a: torch.Tensor) -> torch.Tensor:
     return inv.squeeze(-3).reshape(*lead, size, size)  # [..., C, C]
 
 
-def _pad_time(x: torch.Tensor, pad: int) -> torch.Tensor:
-    """Zero-pad dim 2 (time, heads-first layout) at the end."""
-    return F.pad(x, (0, 0, 0, pad)) if x.dim() == 4 else F.pad(x, (0, pad))
-
-
-def solve_unit_lower(a: torch.Tensor, *rhs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(I + a)^-1 @ x for each x in rhs; a [..., C, C] strictly lower triangular, x [..., C, D]."""
-    inv = invert_unit_lower(a)  # [..., C, C]
-    return tuple(inv @ x for x in rhs)
-
-
 def solve_unit_lower_padded(a: torch.Tensor, *rhs: torch.Tensor, size: int) -> tuple[torch.Tensor, ...]:
-    """`solve_unit_lower` for a dynamic C <= size (a power of two): the export form.
+    """(I + a)^-1 @ x for each x in rhs, a [..., C, C] strictly lower triangular with a dynamic C <= size.
 
     a and the right-hand sides are zero-padded to `size` rows; since the matrix is lower triangular,
     the first C rows of the padded solution are the solution. The doubling rounds are fixed by `size`,
@@ -191,25 +180,18 @@ def solve_unit_lower_padded(a: torch.Tensor, *rhs: torch.Tensor, size: int) -> t
     return tuple((inv @ F.pad(x, (0, 0, 0, size - steps))).index_select(-2, rows) for x in rhs)  # [..., C, D]
 
 
-def _chunk_terms(q, k, v, g, beta, solve=solve_unit_lower):
-    """Everything that does not depend on the carried state, for all chunks at once.
+def _chunk_major(x: torch.Tensor, chunks: int, chunk_size: int, heads: int) -> torch.Tensor:
+    """[B, T, Hx, *D] (T <= chunks * chunk_size, Hx dividing heads) -> fp32 [N * B * H, C, *D], one copy.
 
-    Inputs are heads-first and chunked: q, k [B, H, N, C, Dk], v [B, H, N, C, Dv], g, beta [B, H, N, C].
-    `solve` applies (I + A)^-1 for the strictly lower-triangular chunk matrices A.
+    Time is zero-padded to N * C; grouped q/k heads are repeated for their value heads by a broadcast
+    inside the same copy. Chunk-major order keeps every chunk's slice contiguous for the loop's bmm.
     """
-    sums = segment_sums(g)  # [B, H, N, C, C]
-    decay = sums.exp()  # [B, H, N, C, C]: D_ij, zero above the diagonal
-    from_start = g.cumsum(dim=-1)  # [B, H, N, C]: gamma_i, a prefix sum of g <= 0 (no cancellation)
-    to_end = sums[..., -1, :]  # [B, H, N, C]: gamma_C - gamma_j as a direct suffix sum
-    k_beta = k * beta.unsqueeze(-1)  # [B, H, N, C, Dk]
-    a = ((k_beta @ k.transpose(-1, -2)) * decay).tril(-1)  # [B, H, N, C, C]
-    # u [B, H, N, C, Dv], w [B, H, N, C, Dk]
-    u, w = solve(a, v * beta.unsqueeze(-1), k_beta * from_start.exp().unsqueeze(-1))
-    attn = (q @ k.transpose(-1, -2)) * decay  # [B, H, N, C, C], causal incl. the diagonal
-    q_decayed = q * from_start.exp().unsqueeze(-1)  # [B, H, N, C, Dk]
-    k_decayed = k * to_end.exp().unsqueeze(-1)  # [B, H, N, C, Dk]
-    chunk_decay = from_start[..., -1].exp()[..., None, None]  # [B, H, N, 1, 1]
-    return u, w, attn, q_decayed, k_decayed, chunk_decay
+    batch, steps, x_heads = x.shape[:3]
+    x = F.pad(x.float(), (0, 0) * (x.dim() - 3) + (0, 0, 0, chunks * chunk_size - steps))  # [B, N*C, Hx, *D]
+    x = x.unflatten(1, (chunks, chunk_size))  # [B, N, C, Hx, *D]
+    if x_heads != heads:
+        x = x.unsqueeze(4).expand(*x.shape[:4], heads // x_heads, *x.shape[4:]).flatten(3, 4)  # [B, N, C, H, *D]
+    return x.movedim(1, 0).movedim(3, 2).reshape(chunks * batch * heads, chunk_size, *x.shape[4:])
 
 
 def chunked_gated_delta_rule(
@@ -229,39 +211,55 @@ def chunked_gated_delta_rule(
     ``pad_to`` pads time to that static length (>= T) so that the number of chunk iterations,
     ceil(pad_to / chunk_size), does not depend on a dynamic T; padded steps (g = 0, beta = 0, k = 0)
     leave the state unchanged and their outputs are dropped.
+
+    Written for eager speed (it is the op's prefill kernel): every [C, D]-sized product is a bmm
+    whose left factor is a small [C, C] matrix that already carries the decays and betas, so only
+    two elementwise passes touch [T, D] data (the layout copy, the decay of q). With
+    P = (I + A)^-1 diag(beta), G = diag(exp(gamma)) and E = diag(exp(gamma_C - gamma))::
+
+        U = P V,  W = P G K,  intra = attn U = (attn P) V,  Qa = scale G Q - (attn P G) K
+        O = Qa S_0 + intra,   S_C = exp(gamma_C) S_0 + K^T (E U - E W S_0)
     """
     if chunk_size < 1 or chunk_size & (chunk_size - 1):
         raise ValueError(f"chunked_gated_delta_rule: chunk_size must be a power of two, got {chunk_size}.")
-    out_dtype, steps = v.dtype, v.shape[1]
+    out_dtype = v.dtype
+    batch, steps, heads, v_dim = v.shape
+    k_dim = k.shape[-1]
     length = steps if pad_to is None else pad_to
     if length < steps:
         raise ValueError(f"chunked_gated_delta_rule: pad_to ({pad_to}) is shorter than the sequence ({steps}).")
-    padded = length + (-length) % chunk_size  # static when pad_to is given
-    q, k, v, g, beta = _heads_first_fp32(q, k, v, g, beta, scale)  # [B, H, T, D], [B, H, T]
-    q, k, v, g, beta = (_pad_time(x, padded - steps) for x in (q, k, v, g, beta))
-    num_chunks = padded // chunk_size  # N, spelled out so that a static pad_to gives static shapes
-    q, k, v = (x.unflatten(2, (num_chunks, chunk_size)) for x in (q, k, v))  # [B, H, N, C, D]
-    g, beta = (x.unflatten(2, (num_chunks, chunk_size)) for x in (g, beta))  # [B, H, N, C]
-    u, w, attn, q_decayed, k_decayed, chunk_decay = _chunk_terms(q, k, v, g, beta)
+    size = chunk_size
+    chunks = -(-length // size)  # N, static when pad_to is given
+    lanes = batch * heads  # L: one [Dk, Dv] state per lane
+    q, k, v, g, beta = (_chunk_major(x, chunks, size, heads) for x in (q, k, v, g, beta))  # [NL, C, D], [NL, C]
 
-    state = _start_state(initial_state, k, v)  # [B, H, Dk, Dv]
-    # O = Qd S + attn (U - W S) = (Qd - attn W) S + attn U: the state-free parts are batched over all
-    # chunks here, leaving two state reads (one bmm on [Qd - attn W; W]) and one write per chunk.
-    # Chunk-major copies keep every per-chunk slice contiguous (no copy inside the loop's matmuls).
-    chunk_major = lambda x: x.movedim(2, 0).contiguous()  # noqa: E731  [N, B, H, ...]
-    reads = chunk_major(torch.cat([q_decayed - attn @ w, w], dim=-2))  # [N, B, H, 2C, Dk]
-    intra = chunk_major(attn @ u)  # [N, B, H, C, Dv]
-    u, k_decayed_t = chunk_major(u), chunk_major(k_decayed.transpose(-1, -2))  # [N, B, H, C, Dv], [N, B, H, Dk, C]
-    chunk_decay = chunk_major(chunk_decay)  # [N, B, H, 1, 1]
-    outs = []
-    for i in range(num_chunks):
-        read = reads[i] @ state  # [B, H, 2C, Dv]
-        outs.append(read[..., :chunk_size, :] + intra[i])  # [B, H, C, Dv]
-        delta = u[i] - read[..., chunk_size:, :]  # [B, H, C, Dv]
-        state = state * chunk_decay[i] + k_decayed_t[i] @ delta  # [B, H, Dk, Dv]
-    # Transpose, then drop the padding: a slice that is never contiguous, so export does not guard T != padded.
-    out = torch.cat(outs, dim=2).transpose(1, 2)[:, :steps]  # [B, T, H, Dv]
-    return out.to(out_dtype), state  # [B, T, H, Dv], [B, H, Dk, Dv]
+    sums = segment_sums(g)  # [NL, C, C]
+    decay = sums.exp()  # [NL, C, C]: D_ij, zero above the diagonal
+    from_start = g.cumsum(dim=-1).exp()  # [NL, C]: exp(gamma_i), a prefix sum of g <= 0
+    to_end = sums[:, -1, :].exp()  # [NL, C]: exp(gamma_C - gamma_j), a direct suffix sum
+    k_t = k.transpose(1, 2)  # [NL, Dk, C]
+    a = torch.bmm(k, k_t).mul_(decay * beta.unsqueeze(-1)).tril_(-1)  # [NL, C, C]: A_ij = beta_i D_ij k_i.k_j
+    p = invert_unit_lower(a).mul_(beta.unsqueeze(-2))  # [NL, C, C]: (I + A)^-1 diag(beta)
+    attn_p = torch.bmm(torch.bmm(q, k_t).mul_(decay * scale), p)  # [NL, C, C]: attn P, attn causal
+    left = torch.cat([attn_p, p * to_end.unsqueeze(-1)], dim=1)  # [NL, 2C, C]: [attn P; E P]
+    from_v = torch.bmm(left, v).view(chunks, lanes, 2 * size, v_dim)  # [N, L, 2C, Dv]: [intra; E U]
+    reads = torch.bmm(left.mul_(from_start.unsqueeze(-2)), k)  # [NL, 2C, Dk]: [attn P G K; E W]
+    reads[:, :size].neg_().add_(q * (from_start * scale).unsqueeze(-1))  # [Qa; E W]
+    reads = reads.view(chunks, lanes, 2 * size, k_dim)  # [N, L, 2C, Dk]
+    k_t = k_t.view(chunks, lanes, k_dim, size)  # [N, L, Dk, C]
+    chunk_decay = from_start.view(chunks, lanes, size, 1)[:, :, -1:]  # [N, L, 1, 1]: exp(gamma_C)
+
+    state = v.new_zeros(lanes, k_dim, v_dim) if initial_state is None else initial_state.float()
+    state = state.reshape(lanes, k_dim, v_dim)  # [L, Dk, Dv], never written in place
+    out = torch.empty(chunks, lanes, size, v_dim)  # [N, L, C, Dv]
+    for i in range(chunks):  # two state reads (one bmm on [Qa; E W]) and one write per chunk
+        read = torch.bmm(reads[i], state)  # [L, 2C, Dv]
+        torch.add(from_v[i, :, :size], read[:, :size], out=out[i])  # O = Qa S + intra
+        state = torch.baddbmm(state * chunk_decay[i], k_t[i], from_v[i, :, size:] - read[:, size:])  # [L, Dk, Dv]
+    out = out.view(chunks, batch, heads, size, v_dim).permute(1, 0, 3, 2, 4)  # [B, N, C, H, Dv]
+    # Flatten, then drop the padding: a slice that is never contiguous, so export does not guard T != padded.
+    out = out.reshape(batch, chunks * size, heads, v_dim)[:, :steps]  # [B, T, H, Dv]
+    return out.to(out_dtype), state.view(batch, heads, k_dim, v_dim)  # [B, T, H, Dv], [B, H, Dk, Dv]
 
 
 def single_chunk_gated_delta_rule(q, k, v, g, beta, *, scale: float, initial_state, max_len: int):
