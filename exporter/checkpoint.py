@@ -8,8 +8,10 @@ which is recognised and set aside. Weights are read tensor by tensor from
 memory-mapped files into a model built on the meta device, so a load holds
 one copy of the weights (plus one tensor in flight for a dtype cast).
 
-Not here: pickled checkpoints (never loaded: they can run code), the vision
-tower's modules (they come with the vision work; their tensors are listed).
+`load_model` reads the decoder and lists the vision tower's tensors;
+`load_vision` reads those tensors (`model.visual.*`) into the vision tower.
+
+Not here: pickled checkpoints (never loaded: they can run code).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from safetensors.torch import save_file
 from exporter.config import ModelConfig, load_config, text_to_hf
 from exporter.errors import CheckpointError
 from exporter.model import Qwen35Model
+from exporter.vision import VisionTower
 
 _TEXT_PREFIXES = ("model.language_model.", "model.")
 _VISION_PREFIXES = ("model.visual.", "visual.")
@@ -206,6 +209,76 @@ def load_model(
         _load_tensors(model, reader)
         info = CheckpointInfo.of(files, handles)
     return config, model.eval().requires_grad_(False), info
+
+
+def _vision_name(key: str) -> str | None:
+    """Our vision-tower parameter name for a checkpoint key, or None if the key is not the tower's."""
+    for prefix in _VISION_PREFIXES:
+        if key.startswith(prefix):
+            return key[len(prefix) :]
+    return None
+
+
+def _load_vision_tensors(tower: VisionTower, reader: _Reader) -> None:
+    """Assign every parameter of `tower` from `model.visual.*`; report all problems at once."""
+    by_name = {name: key for key in reader.handles if (name := _vision_name(key)) is not None}
+    expected = dict(tower.named_parameters())
+    tensors, missing, misshaped = {}, [], []
+    for name, param in expected.items():
+        if name not in by_name:
+            missing.append(name)
+            continue
+        value = reader.tensor(by_name[name])
+        if value.shape != param.shape:
+            misshaped.append(f"{by_name[name]} {tuple(value.shape)} != {tuple(param.shape)}")
+        else:
+            tensors[name] = value
+    unexpected = [by_name[name] for name in by_name if name not in expected]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing: {_summarise([f'model.visual.{n}' for n in missing])}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected: {_summarise(unexpected)}")
+    if misshaped:
+        problems.append(f"{len(misshaped)} mis-shaped: {_summarise(misshaped)}")
+    if problems:
+        raise CheckpointError("vision tower does not match the checkpoint's vision_config: " + "; ".join(problems))
+    tower.load_state_dict(tensors, strict=True, assign=True)
+
+
+def load_vision(path: str | Path, dtype: torch.dtype = torch.float32) -> VisionTower:
+    """Load the vision tower (`model.visual.*`) of a multimodal checkpoint directory, in `dtype`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a directory; give a checkpoint directory with config.json and safetensors")
+    config = load_config(path)
+    if config.vision is None:
+        raise CheckpointError(
+            f"{path}: config.json has no vision_config, so the checkpoint has no vision tower; "
+            "give a multimodal (Qwen3_5ForConditionalGeneration) checkpoint to use images"
+        )
+    with ExitStack() as stack:
+        reader = _Reader(_open_all(checkpoint_files(path), stack), dtype)
+        with torch.device("meta"):
+            tower = VisionTower(config.vision)
+        _load_vision_tensors(tower, reader)
+    return tower.eval().requires_grad_(False)
+
+
+def random_vision(config: ModelConfig, dtype: torch.dtype = torch.float32, seed: int = 0) -> VisionTower:
+    """A vision tower of this config with seeded random weights (LayerNorms near identity)."""
+    if config.vision is None:
+        raise CheckpointError("random_vision: the config has no vision_config; a multimodal config is needed")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.device("meta"):
+        tower = VisionTower(config.vision)
+    tensors = {}
+    for name, param in tower.named_parameters():
+        module, _, kind = name.rpartition(".")
+        base = 1.0 if kind == "weight" and module.rpartition(".")[2].startswith("norm") else 0.0
+        tensors[name] = (base + 0.02 * torch.randn(tuple(param.shape), generator=generator)).to(dtype)
+    tower.load_state_dict(tensors, strict=True, assign=True)
+    return tower.eval().requires_grad_(False)
 
 
 def random_model(config: ModelConfig, dtype: torch.dtype = torch.float32, seed: int = 0) -> Qwen35Model:

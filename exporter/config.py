@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,11 @@ class VisionConfig:
     temporal_patch_size: int = 2
     spatial_merge_size: int = 2
     hidden_act: str = "gelu_pytorch_tanh"
+    rope_theta: float = 10000.0  # the 2-D rotary of the ViT blocks (`rope_parameters`, type "axial")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
 
 
 @dataclass(frozen=True)
@@ -268,7 +274,13 @@ def _check_text(t: TextConfig) -> None:
 
 
 def _parse_vision(raw: Mapping[str, Any]) -> VisionConfig:
-    return VisionConfig(
+    rope = dict(raw.get("rope_parameters") or {})
+    rope_type = rope.get("rope_type", "axial")
+    if rope_type != "axial":
+        raise ConfigError(
+            f"vision_config.rope_parameters.rope_type: {rope_type!r} is not supported; the Qwen3.5 vision tower uses 'axial'"
+        )
+    vision = VisionConfig(
         depth=_require(raw, "depth"),
         hidden_size=_require(raw, "hidden_size"),
         intermediate_size=_require(raw, "intermediate_size"),
@@ -280,7 +292,32 @@ def _parse_vision(raw: Mapping[str, Any]) -> VisionConfig:
         temporal_patch_size=raw.get("temporal_patch_size", 2),
         spatial_merge_size=raw.get("spatial_merge_size", 2),
         hidden_act=raw.get("hidden_act", "gelu_pytorch_tanh"),
+        rope_theta=float(rope.get("rope_theta", 10000.0)),
     )
+    _check_vision(vision)
+    return vision
+
+
+VISION_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu")
+
+
+def _check_vision(v: VisionConfig) -> None:
+    """What the vision tower's layout needs beyond positive sizes."""
+    if v.hidden_act not in VISION_ACTIVATIONS:
+        raise ConfigError(
+            f"vision_config.hidden_act: {v.hidden_act!r} is not supported; expected one of {', '.join(VISION_ACTIVATIONS)}"
+        )
+    if v.hidden_size % v.num_heads or v.head_dim % 4:
+        raise ConfigError(
+            f"vision_config.hidden_size: {v.hidden_size} over {v.num_heads} heads must give a head size that is a "
+            "multiple of 4 (the 2-D rotary gives a quarter of each head to rows, a quarter to columns, twice)"
+        )
+    side = math.isqrt(v.num_position_embeddings)
+    if side * side != v.num_position_embeddings:
+        raise ConfigError(
+            f"vision_config.num_position_embeddings: {v.num_position_embeddings} is not a square; "
+            "the learned position table is a square grid"
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -325,10 +362,16 @@ def to_hf(config: ModelConfig) -> dict[str, Any]:
     return {
         "model_type": f"qwen3_5{suffix}",
         "text_config": text_to_hf(config.text, f"qwen3_5{suffix}_text"),
-        "vision_config": {"model_type": "qwen3_5_vision", **dataclasses.asdict(config.vision)},
+        "vision_config": _vision_to_hf(config.vision),
         "tie_word_embeddings": config.text.tie_word_embeddings,
         **{key: getattr(config, key) for key in ids if getattr(config, key) is not None},
     }
+
+
+def _vision_to_hf(v: VisionConfig) -> dict[str, Any]:
+    fields = dataclasses.asdict(v)
+    rope = {"rope_type": "axial", "rope_theta": fields.pop("rope_theta")}
+    return {"model_type": "qwen3_5_vision", **fields, "rope_parameters": rope}
 
 
 # ---------------------------------------------------------------------------

@@ -18,3 +18,7 @@ class ConfigError(QwenEdgeError):
 
 class CheckpointError(QwenEdgeError):
     """A checkpoint directory whose files or tensors do not match its config."""
+
+
+class InputError(QwenEdgeError):
+    """Inputs a model cannot take: an image grid or an image prompt that does not fit its config."""

@@ -77,6 +77,9 @@ VISION = dict(
     spatial_merge_size=2,
 )
 
+# The multimodal special tokens, moved inside the tiny vocabulary (the real ids are near 248 000).
+MULTIMODAL_IDS = dict(vision_start_token_id=500, vision_end_token_id=501, image_token_id=502, video_token_id=503)
+
 
 def _perturb(model: torch.nn.Module, seed: int) -> None:
     """Give every weight (norms, decays, biases included) seeded non-default values."""
@@ -95,7 +98,9 @@ def build(kind: str, variant: str = "grouped-heads", seed: int = 0) -> torch.nn.
     if kind == "causal":
         model = Qwen3_5ForCausalLM(Qwen3_5TextConfig(**text))
     elif kind == "conditional":
-        config = Qwen3_5Config(text_config=text, vision_config=VISION, tie_word_embeddings=text["tie_word_embeddings"])
+        config = Qwen3_5Config(
+            text_config=text, vision_config=VISION, tie_word_embeddings=text["tie_word_embeddings"], **MULTIMODAL_IDS
+        )
         model = Qwen3_5ForConditionalGeneration(config)
     elif kind == "moe":
         model = Qwen3_5MoeForCausalLM(Qwen3_5MoeTextConfig(**{**text, **MOE}))
