@@ -25,3 +25,7 @@ class ValidationFailed(QwenEdgeError):
     """An artifact missed a tolerance: the report says which check and by how much (exit 1)."""
 
     exit_code = 1
+
+
+class ImageError(QwenEdgeError):
+    """An image Pillow cannot read, or whose shape the vision tower cannot take (malformed input: exit 2)."""
