@@ -203,3 +203,21 @@ def test_image_prompt_errors_name_the_problem(oracle):
     assert expand_image_pads([START, *[PAD] * 6, END], [grid], config) == [START, *[PAD] * 6, END]
     with pytest.raises(InputError, match="expected \\[\\(6, 64\\)\\]"):
         build_image_prompt(model, config, [START, PAD, END], [torch.zeros(5, 64)], [grid])
+
+
+@torch.no_grad()
+def test_runtime_preprocessing_feeds_the_tower(oracle):
+    """The patches and grid runtime.image makes are what the tower (and transformers' tower) take."""
+    from PIL import Image
+
+    from runtime.image import ImageSpec, preprocess
+
+    hf, path = oracle
+    tower = load_vision(path)
+    pixels = torch.randint(0, 256, (70, 100, 3), generator=torch.Generator().manual_seed(4), dtype=torch.uint8)
+    image = preprocess(Image.fromarray(pixels.numpy()), ImageSpec(min_pixels=64 * 64, max_pixels=128 * 96))
+    patches = torch.from_numpy(image.pixel_values)
+    ours = tower(patches, image.grid_thw)
+    assert ours.shape[0] == image.num_tokens
+    ref = hf.model.visual(patches, grid_thw=torch.tensor([image.grid_thw])).pooler_output
+    assert (ours - ref).abs().max().item() <= EMBED_TOL
