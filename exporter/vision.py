@@ -175,7 +175,8 @@ class VisionTower(nn.Module):
         self.pos_embed = nn.Embedding(v.num_position_embeddings, v.hidden_size)  # [S*S, D]
         self.blocks = nn.ModuleList(VisionBlock(v) for _ in range(v.depth))
         self.merger = PatchMerger(v)
-        # 2-D rotary: a quarter of each head's frequencies for rows, the same for columns, each used twice.
+        # 2-D rotary: Dh/4 frequencies, turned by the patch's row in one quarter of each head's
+        # rotation half and by its column in the other (rotate-half layout, the whole head rotates).
         quarter = v.head_dim // 4
         self.inv_freq = [1.0 / v.rope_theta ** (2 * i / (v.head_dim // 2)) for i in range(quarter)]
 
@@ -195,7 +196,7 @@ class VisionTower(nn.Module):
         return _block_order(grid, self.config.spatial_merge_size)  # [h*w, D]
 
     def rotary(self, h: int, w: int) -> tuple[Tensor, Tensor]:
-        """cos, sin [h*w, Dh] (fp32): angles of the patch's row, then of its column, the pair repeated."""
+        """cos, sin [1, h*w, Dh] (fp32): angles of the patch's row, then of its column, the pair repeated."""
         device = self.pos_embed.weight.device
         m = self.config.spatial_merge_size
         rows = _block_order(torch.arange(h, device=device, dtype=torch.float32)[:, None].expand(h, w), m)  # [Q]
