@@ -4,7 +4,7 @@ The oracle is a tiny `Qwen3_5ForConditionalGeneration` saved with
 `save_pretrained` and loaded back through our loader, so the checkpoint
 layout of `model.visual.*` is covered as much as the math.
 
-Tolerances: merged image embeddings (O(1)) max abs <= 1e-5, measured <= 1e-6:
+Tolerances: merged image embeddings (O(1)) max abs <= 1e-5, measured 1.3e-6 at most:
 the two sides differ only in summation order (a matmul instead of a Conv3d,
 separable instead of four-tap resampling, batched frames instead of split
 sequences), while the smallest real mistake tried (the tanh GELU in the merger
