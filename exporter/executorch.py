@@ -52,20 +52,23 @@ class RingKV(StaticKV):
 
     key: Tensor  # [1, Hkv, S, Dh] buffer
     value: Tensor  # [1, Hkv, S, Dh] buffer
-    input_pos: Tensor  # [1]: absolute position of the first new token
+    slots: Tensor  # [T]: where the new tokens go
+    mask: Tensor  # [T, S]: which slots each new token sees
 
-    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        steps, capacity = k.shape[2], self.key.shape[2]
-        positions = self.input_pos[0] + torch.arange(steps)  # [T] absolute positions of the new tokens
+    @staticmethod
+    def addressing(positions: Tensor, capacity: int) -> tuple[Tensor, Tensor]:
+        """positions [T] (absolute) -> (slots [T], mask [T, S]); the same for every layer, so built once."""
         slots = positions % capacity
-        self.key[:, :, slots] = k
-        self.value[:, :, slots] = v
         # Absolute position now held by each slot (negative: never written).
         end = positions[-1]
         held = end - (end - torch.arange(capacity)) % capacity  # [S]
         query = positions[:, None]  # [T, 1]
-        mask = (held >= 0) & (held <= query) & (held > query - capacity)  # [T, S]
-        return self.key, self.value, mask
+        return slots, (held >= 0) & (held <= query) & (held > query - capacity)  # [T], [T, S]
+
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        self.key[:, :, self.slots] = k
+        self.value[:, :, self.slots] = v
+        return self.key, self.value, self.mask
 
 
 class ExecuTorchDecoder(nn.Module):
@@ -74,6 +77,7 @@ class ExecuTorchDecoder(nn.Module):
     def __init__(self, model: Qwen35Model, max_seq_len: int):
         super().__init__()
         self.model = model
+        self.capacity = max_seq_len
         t = model.config
         dtype = model.embed_tokens.weight.dtype
         for i, kind in enumerate(t.layer_types):
@@ -90,16 +94,17 @@ class ExecuTorchDecoder(nn.Module):
     def forward(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
         steps = tokens.shape[1]
         continuing = input_pos[0] > 0  # False: a new sequence, whose DeltaNet layers start from zero
+        positions = input_pos[0] + torch.arange(steps)  # [T] absolute positions of the new tokens
+        addressing = RingKV.addressing(positions, self.capacity)
         state = []
         for i, kind in enumerate(self.model.config.layer_types):
             if kind == FULL:
-                state.append(RingKV(getattr(self, f"key_{i}"), getattr(self, f"value_{i}"), input_pos))
+                state.append(RingKV(getattr(self, f"key_{i}"), getattr(self, f"value_{i}"), *addressing))
             else:
                 # where, not a multiply: a stale NaN times zero would stay NaN.
                 conv, recurrent = getattr(self, f"conv_{i}"), getattr(self, f"recurrent_{i}")
                 state.append((torch.where(continuing, conv, 0.0), torch.where(continuing, recurrent, 0.0)))
-        positions = (input_pos[0] + torch.arange(steps)).view(1, steps)  # [1, T]
-        out = self.model(tokens, state, positions=positions, last_only=True)
+        out = self.model(tokens, state, positions=positions.view(1, -1), last_only=True)
         for i, kind in enumerate(self.model.config.layer_types):
             if kind != FULL:
                 getattr(self, f"conv_{i}").copy_(out.state[i][0])
@@ -148,8 +153,41 @@ def lower_custom_ops(program: torch.export.ExportedProgram, options: ExportOptio
         torch.ops.qwen35.gated_delta_rule.default: functools.partial(delta_rule, max_len=options.prefill_chunk),
         torch.ops.qwen35.causal_conv1d.default: conv,
         torch.ops.qwen35.moe.default: moe,
+        torch.ops.aten.softplus.default: _softplus,
     }
-    return program.run_decompositions(table)
+    return _token_dim_views_as_minus_one(program.run_decompositions(table))
+
+
+def _softplus(x: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    """softplus as relu(x) + log(1 + exp(-|x|)), scaled by beta: the same values in fp32.
+
+    aten's own decomposition uses where and log1p, which XNNPACK does not take; these ops it does.
+    Past the threshold softplus(x) = x, and log(1 + exp(-20)) = 2e-9 is below half an ulp of 20.
+    """
+    scaled = x * beta
+    return (torch.relu(scaled) + torch.log(1.0 + torch.exp(-torch.abs(scaled)))) / beta
+
+
+_VIEWS = (torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default, torch.ops.aten.reshape.default)
+
+
+def _token_dim_views_as_minus_one(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """Spell the one symbolic size of each view as -1 (the token count T, inferred again at run time).
+
+    XNNPACK delegates a reshape only when its target shape is all ints: `x.view(B, T, H, D)` with a
+    dynamic T would fall back to a portable kernel and split the delegate around it.
+    """
+    graph = program.graph
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target in _VIEWS:
+            sizes = list(node.args[1])
+            symbolic = [i for i, size in enumerate(sizes) if not isinstance(size, int)]
+            if len(symbolic) == 1 and -1 not in sizes:
+                sizes[symbolic[0]] = -1
+                node.args = (node.args[0], sizes, *node.args[2:])
+    graph.eliminate_dead_code()
+    program.graph_module.recompile()
+    return program
 
 
 def tag_external_weights(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:

@@ -40,6 +40,18 @@ class ForwardOutput:
     hidden_states: list[Tensor] | None = None  # the embeddings, then every layer's output: [B, T, D] each
 
 
+def mean_square(x: Tensor) -> Tensor:
+    """mean(x², dim=-1, keepdim=True), taken as a mean over the last two dims of a [1, N, D, 1] view.
+
+    The same numbers; the 4-D form is the one mean XNNPACK delegates (a rank-3 mean would fall back
+    to a portable kernel and split the ExecuTorch delegate at every norm). The views spell the token
+    dim as -1 so that they stay static-shaped when T is dynamic.
+    """
+    squares = (x * x).reshape(1, -1, x.shape[-1], 1)  # [1, N, D, 1]
+    mean = squares.mean(dim=(-2, -1), keepdim=True)  # [1, N, 1, 1]
+    return mean.reshape(-1, 1) if x.dim() == 2 else mean.reshape(x.shape[0], -1, *x.shape[2:-1], 1)  # [..., 1]
+
+
 class RMSNorm(nn.Module):
     """Zero-centred RMSNorm of the decoder: `x̂ * (1 + w)`, computed in fp32."""
 
@@ -50,7 +62,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        xf = xf * torch.rsqrt(mean_square(xf) + self.eps)
         return (xf * (1.0 + self.weight.float())).type_as(x)
 
 
@@ -64,7 +76,7 @@ class GatedRMSNorm(nn.Module):
 
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
         xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        xf = xf * torch.rsqrt(mean_square(xf) + self.eps)
         # The weight multiplies in the input dtype, the gate in fp32: the checkpoints were trained so.
         out = self.weight * xf.to(x.dtype)
         return (out * F.silu(z.float())).to(x.dtype)
@@ -73,7 +85,7 @@ class GatedRMSNorm(nn.Module):
 def l2norm(x: Tensor, eps: float = 1e-6) -> Tensor:
     """`x / sqrt(|x|² + eps)` in fp32, the DeltaNet q/k normalisation of the checkpoints."""
     x = x.float()
-    return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps)
+    return x * torch.rsqrt(mean_square(x) * x.shape[-1] + eps)  # the sum as D x mean: see mean_square
 
 
 class GatedDeltaNet(nn.Module):

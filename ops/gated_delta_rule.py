@@ -360,17 +360,93 @@ def _(q, k, v, g, beta, scale, initial_state):
 # ExecuTorch lowering
 # ---------------------------------------------------------------------------------------------------
 # XNNPACK has no delta-rule kernel, so exporter/executorch.py replaces the node by
-# `executorch_decomposition` (ep.run_decompositions), built only from aten ops that export and run
-# on the stock runtime (matmul, cumsum, exp, masked_fill, diagonal, cat, pad, index_select): batched
-# matmuls go to XNNPACK, the rest to the portable kernels. It is the single-chunk form: no loop, so
-# one graph with a dynamic T serves decode (T = 1, every term sized by T) and prefill (T up to
-# max_len, the program's prefill chunk); only the chunk-matrix inverse is sized by max_len.
-# (The chunked form with pad_to would make decode pay for every padded chunk.)
+# `executorch_decomposition` (ep.run_decompositions): `delegable_gated_delta_rule`, the whole
+# sequence as one chunk of dynamic length T, written for what XNNPACK delegates with a dynamic T.
+# XNNPACK takes bmm, elementwise math, clamp, permute, cat and reshapes whose shape is all ints
+# (-1 for T); it refuses symbolic reshapes, slices of dynamic tensors, expand, cumsum, where and
+# integer math. Each refused op between two delegated ones splits the delegate, and every split
+# costs export time (each partition is traced and serialised on its own) and a runtime hand-off.
+# So the T x T masks come from one float table of index pairs, by clamps, never by comparisons;
+# the only portable ops are the index table, two cumsums and one row select, all tiny.
+# No loop and nothing sized by the prefill bound: decode (T = 1) pays for 1 x 1 matrices.
+
+
+def _pair_tables(steps_like: torch.Tensor):
+    """Float [T, T] tables from the indices i (rows), j (cols) of a [.., T] tensor's last dim.
+
+    Returns (diff, xor): i - j and i XOR j, as float32. Integer-valued, so clamps turn them into
+    exact 0/1 masks.
+    """
+    index = torch.arange(steps_like.shape[-1], device=steps_like.device)  # [T]
+    rows, cols = index.unsqueeze(1), index.unsqueeze(0)  # [T, 1], [1, T]
+    return (rows - cols).float(), torch.bitwise_xor(rows, cols).float()
+
+
+def _unit_lower_inverse_masked(a: torch.Tensor, xor: torch.Tensor, rounds: int) -> torch.Tensor:
+    """(I + a)^-1 for strictly lower-triangular a [L, T, T], T <= 2**rounds, on unpadded T x T matrices.
+
+    The block doubling of `invert_unit_lower`, with the blocks picked by masks instead of
+    reshapes: X_b, the inverse of the block-diagonal part of I + a with blocks of size b, becomes
+    X_2b = X_b - X_b (a * N_b) X_b, where N_b keeps the entries (i, j) in one block of size 2b but
+    in different blocks of size b, i.e. b <= i XOR j < 2b. Exact in exact arithmetic and as
+    accurate as the block form in fp32 (the extra products are with exact zeros).
+    """
+    eye = (1.0 - xor).clamp(0.0, 1.0)  # [T, T]: i == j
+    inv = eye - a * xor.clamp(0.0, 1.0) * (2.0 - xor).clamp(0.0, 1.0)  # [L, T, T]: blocks of 2 (b = 1)
+    for level in range(1, rounds):
+        block = 2**level
+        mask = (xor - (block - 1)).clamp(0.0, 1.0) * (2 * block - xor).clamp(0.0, 1.0)  # [T, T]: N_b
+        inv = inv - torch.bmm(torch.bmm(inv, a * mask), inv)  # [L, T, T]
+    return inv
+
+
+def delegable_gated_delta_rule(q, k, v, g, beta, *, scale: float, initial_state, max_len: int):
+    """The whole sequence as one chunk of dynamic length T <= max_len: the ExecuTorch form. Returns (out, state).
+
+    Same math as `single_chunk_gated_delta_rule` (the module docstring's chunk equations with one
+    chunk), built from ops XNNPACK delegates with a dynamic T (see the comment above). max_len
+    (a power of two) only fixes the number of doubling rounds.
+    """
+    if max_len < 1 or max_len & (max_len - 1):
+        raise ValueError(f"delegable_gated_delta_rule: max_len must be a power of two, got {max_len}.")
+    out_dtype = v.dtype
+    batch, _, heads, v_dim = v.shape
+    k_heads, k_dim = k.shape[2:]
+    groups = heads // k_heads
+    if groups > 1:  # value head h reads key head h // groups: a cat of views, since XNNPACK has no expand
+        q, k = (torch.cat([x.unsqueeze(3)] * groups, dim=3).view(batch, -1, heads, k_dim) for x in (q, k))
+    lanes = batch * heads
+    heads_first = lambda x: x.float().permute(0, 2, 1, 3).reshape(lanes, -1, x.shape[-1])  # noqa: E731
+    q, k, v = heads_first(q), heads_first(k), heads_first(v)  # [L, T, D]
+    g, beta = (x.float().permute(0, 2, 1).reshape(lanes, -1) for x in (g, beta))  # [L, T]
+    state = initial_state.float().reshape(lanes, k_dim, v_dim)  # [L, Dk, Dv]
+
+    diff, xor = _pair_tables(g)  # [T, T] each
+    lower = diff.clamp(0.0, 1.0)  # [T, T]: i > j
+    # [i, j] = g_(j+1) + ... + g_i for j < i, else 0: Mamba-2's segment sum (see `segment_sums`).
+    sums = (g.unsqueeze(-1) * lower).cumsum(dim=-2)  # [L, T, T]
+    decay = sums.exp() * (diff + 1.0).clamp(0.0, 1.0)  # [L, T, T]: D_ij, zero above the diagonal
+    from_start = g.cumsum(dim=-1).exp().unsqueeze(-1)  # [L, T, 1]: exp(gamma_i)
+    to_end = sums.select(1, -1).exp().unsqueeze(-1)  # [L, T, 1]: exp(gamma_T - gamma_j)
+
+    k_beta = k * beta.unsqueeze(-1)  # [L, T, Dk]
+    a = torch.bmm(k_beta, k.transpose(1, 2)) * decay * lower  # [L, T, T]: strictly lower
+    inv = _unit_lower_inverse_masked(a, xor, max(1, max_len.bit_length() - 1))  # [L, T, T]
+    u = torch.bmm(inv, v * beta.unsqueeze(-1))  # [L, T, Dv]
+    w = torch.bmm(inv, k_beta * from_start)  # [L, T, Dk]
+    attn = torch.bmm(q, k.transpose(1, 2)) * (decay * scale)  # [L, T, T]
+    delta = u - torch.bmm(w, state)  # [L, T, Dv]
+    out = torch.bmm(q * (from_start * scale), state) + torch.bmm(attn, delta)  # [L, T, Dv]
+    state = state * from_start[:, -1:] + torch.bmm((k * to_end).transpose(1, 2), delta)  # [L, Dk, Dv]
+    out = out.view(batch, heads, -1, v_dim).permute(0, 2, 1, 3)  # [B, T, H, Dv]
+    return out.to(out_dtype), state.view(batch, heads, k_dim, v_dim)
 
 
 def executorch_decomposition(q, k, v, g, beta, scale, initial_state, *, max_len: int):
-    """The op's schema signature over `single_chunk_gated_delta_rule`; bind max_len with functools.partial."""
-    return single_chunk_gated_delta_rule(q, k, v, g, beta, scale=scale, initial_state=initial_state, max_len=max_len)
+    """The op's schema signature over `delegable_gated_delta_rule`; bind max_len with functools.partial."""
+    if initial_state is None:
+        initial_state = v.new_zeros(v.shape[0], v.shape[2], k.shape[-1], v.shape[-1], dtype=torch.float32)
+    return delegable_gated_delta_rule(q, k, v, g, beta, scale=scale, initial_state=initial_state, max_len=max_len)
 
 
 decomposition = chunked_gated_delta_rule

@@ -12,6 +12,7 @@ from ops.gated_delta_rule import (
     DEFAULT_CHUNK_SIZE,
     chunked_gated_delta_rule,
     decomposition,
+    delegable_gated_delta_rule,
     gated_delta_rule,
     invert_unit_lower,
     recurrent_gated_delta_rule,
@@ -225,6 +226,52 @@ def test_single_chunk_exports_with_dynamic_length():
     class Rule(torch.nn.Module):
         def forward(self, q, k, v, g, beta, state):
             return single_chunk_gated_delta_rule(q, k, v, g, beta, scale=0.25, initial_state=state, max_len=32)
+
+    steps = torch.export.Dim("T", min=1, max=32)
+    args, kwargs = make_inputs(9, k_dim=16)
+    dims = ({1: steps},) * 5 + (None,)
+    program = torch.export.export(Rule(), (*args, kwargs["initial_state"]), dynamic_shapes=dims, strict=False)
+    for length in (1, 17, 32):
+        args, kwargs = make_inputs(length, k_dim=16, seed=length)
+        expected = recurrent_gated_delta_rule(*args, **kwargs)
+        assert_pair_close(program.module()(*args, kwargs["initial_state"]), expected)
+
+
+# --- the delegable form (the ExecuTorch lowering: unpadded T x T, masks from clamps) ---
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 7, 16, 31, 32])
+@pytest.mark.parametrize("g_low", [-2.0, -50.0, -1e3])
+@pytest.mark.parametrize("k_heads", [2, 4])
+def test_delegable_form_matches_oracle(steps, g_low, k_heads):
+    args, kwargs = make_inputs(steps, k_heads=k_heads, seed=steps, g_low=g_low)
+    expected = recurrent_gated_delta_rule(*args, **kwargs)
+    assert_pair_close(delegable_gated_delta_rule(*args, **kwargs, max_len=32), expected)
+
+
+def test_delegable_form_is_exact_on_correlated_keys():
+    # The masked block doubling must keep the accuracy of the block form where a Neumann series fails.
+    args, kwargs = make_inputs(64, batch=1)
+    q, k, v, g, beta = args
+    gen = torch.Generator().manual_seed(1)
+    k = F.normalize(torch.randn(k.shape[-1], generator=gen) + 0.3 * torch.randn(k.shape, generator=gen), dim=-1)
+    args = (q, k, v, g * 0.01, torch.sigmoid(torch.logit(beta) + 3.0))
+    expected = recurrent_gated_delta_rule(*args, **kwargs)
+    assert_pair_close(delegable_gated_delta_rule(*args, **kwargs, max_len=64), expected)
+
+
+def test_delegable_form_needs_enough_rounds():
+    # max_len fixes the doubling rounds: a T beyond it leaves blocks uninverted, so the bound is real.
+    args, kwargs = make_inputs(20, seed=5)
+    expected = recurrent_gated_delta_rule(*args, **kwargs)
+    out, _ = delegable_gated_delta_rule(*args, **kwargs, max_len=8)
+    assert (out - expected[0]).abs().max() > 1e-3
+
+
+def test_delegable_form_exports_with_dynamic_length():
+    class Rule(torch.nn.Module):
+        def forward(self, q, k, v, g, beta, state):
+            return delegable_gated_delta_rule(q, k, v, g, beta, scale=0.25, initial_state=state, max_len=32)
 
     steps = torch.export.Dim("T", min=1, max=32)
     args, kwargs = make_inputs(9, k_dim=16)
