@@ -391,11 +391,10 @@ def _unit_lower_inverse_masked(a: torch.Tensor, xor: torch.Tensor, rounds: int) 
     in different blocks of size b, i.e. b <= i XOR j < 2b. Exact in exact arithmetic and as
     accurate as the block form in fp32 (the extra products are with exact zeros).
     """
-    eye = (1.0 - xor).clamp(0.0, 1.0)  # [T, T]: i == j
-    inv = eye - a * xor.clamp(0.0, 1.0) * (2.0 - xor).clamp(0.0, 1.0)  # [L, T, T]: blocks of 2 (b = 1)
+    inv = (1.0 - xor).clamp(0.0, 1.0) - a * xor.clamp(0.0, 1.0) * (2.0 - xor).clamp(0.0, 1.0)  # [L, T, T]: b = 1
     for level in range(1, rounds):
-        block = 2**level
-        mask = (xor - (block - 1)).clamp(0.0, 1.0) * (2 * block - xor).clamp(0.0, 1.0)  # [T, T]: N_b
+        block = float(2**level)
+        mask = (xor - (block - 1.0)).clamp(0.0, 1.0) * (2.0 * block - xor).clamp(0.0, 1.0)  # [T, T]: N_b
         inv = inv - torch.bmm(torch.bmm(inv, a * mask), inv)  # [L, T, T]
     return inv
 
