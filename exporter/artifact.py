@@ -24,16 +24,22 @@ from typing import Any
 
 from exporter.config import FULL, TextConfig
 from exporter.errors import QwenEdgeError
+from exporter.quantize import QuantRecipe, resolve
 
 
 @dataclass(frozen=True)
 class ExportOptions:
     max_seq_len: int = 2048  # KV-cache capacity: prompt + generated tokens
     prefill_chunk: int = 128  # most tokens one call takes; a power of two
-    quant: str = "fp32"
+    quant: str = "fp32"  # a scheme of exporter.quantize.SCHEMES
+    group_size: int | None = None  # int4 group size of 4w / 8da4w (default 32); None elsewhere
+    embedding_bits: int | None = None  # embedding / tied LM head of 4w / 8da4w: 8 (default) or 4
     onnx_profile: str = "ort"  # "ort" (ONNX Runtime contrib ops) or "portable" (standard ONNX only)
 
     def __post_init__(self):
+        recipe = resolve(self.quant, self.group_size, self.embedding_bits)  # raises on a bad name or option
+        object.__setattr__(self, "group_size", recipe.group_size)  # the defaults, recorded in the manifest
+        object.__setattr__(self, "embedding_bits", recipe.embedding_bits)
         chunk = self.prefill_chunk
         if chunk < 1 or chunk & (chunk - 1):
             raise QwenEdgeError(f"--prefill-chunk {chunk}: must be a power of two (e.g. 64 or 128)")
@@ -41,6 +47,10 @@ class ExportOptions:
             raise QwenEdgeError(f"--max-seq-len {self.max_seq_len}: must be at least the prefill chunk ({chunk})")
         if self.onnx_profile not in ("ort", "portable"):
             raise QwenEdgeError(f"--onnx-profile {self.onnx_profile!r}: choose 'ort' or 'portable'")
+
+    @property
+    def recipe(self) -> QuantRecipe:
+        return QuantRecipe(self.quant, self.group_size, self.embedding_bits)
 
 
 @dataclass

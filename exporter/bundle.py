@@ -3,7 +3,8 @@
 `export_bundle` runs plain stages, each taking what the previous one made:
 resolve the model (checkpoint directory or preset) -> golden trace from the
 pristine reference (before any lowering may quantize the model in place) ->
-export each format into a staging directory beside the destination ->
+export each format into a staging directory beside the destination (the ExecuTorch
+lowering of a quantized scheme last: its model is quantized in place first) ->
 tokenizer files -> golden.npz -> selfcheck.json -> manifest.json -> validation
 (written into the bundle as validation.json) -> rename into place. Any failure
 or interrupt removes the staging directory; an existing bundle is replaced only
@@ -109,10 +110,28 @@ def check_destination(out: Path, force: bool) -> None:
 def export_formats(source: Source, staging: Path, formats: Sequence[str], options: ExportOptions) -> list[Artifact]:
     artifacts = []
     for fmt in formats:
-        artifact = exporter_for(fmt)(source.model, source.config, staging, options)
+        artifact = export_format(source, staging, fmt, options)
         _check_artifact(artifact, fmt, staging)
         artifacts.append(artifact)
     return artifacts
+
+
+def export_format(source: Source, staging: Path, fmt: str, options: ExportOptions) -> Artifact:
+    """One lowering. The ExecuTorch one takes a model quantized beforehand, in place (`in_place_formats`)."""
+    if fmt != "pte" or options.quant == "fp32":
+        return exporter_for(fmt)(source.model, source.config, staging, options)
+    from exporter.quantize_executorch import quantize_for_executorch
+
+    report = quantize_for_executorch(source.model, options.recipe)
+    artifact = exporter_for(fmt)(source.model, source.config, staging, options)
+    artifact.details["quantization"] = report
+    return artifact
+
+
+def in_place_formats(formats: Sequence[str], options: ExportOptions) -> list[str]:
+    """The export order: formats that change the model in place (pte under a non-fp32 scheme) last."""
+    changes = [f for f in formats if f == "pte" and options.quant != "fp32"]
+    return [f for f in formats if f not in changes] + changes
 
 
 def _check_artifact(artifact: Artifact, fmt: str, staging: Path) -> None:
@@ -137,7 +156,7 @@ def golden_trace(source: Source, tokenizer: TokenizerInfo, steps: int):
     return trace
 
 
-def selfcheck(trace, tokenizer: TokenizerInfo, quant: str) -> dict[str, Any]:
+def selfcheck(trace, tokenizer: TokenizerInfo, options: ExportOptions) -> dict[str, Any]:
     """`selfcheck.json`, what an app checks on first launch (issue 9).
 
     prompt_ids: feed these; expected_ids: the fp32 reference's greedy tokens, cut
@@ -149,7 +168,7 @@ def selfcheck(trace, tokenizer: TokenizerInfo, quant: str) -> dict[str, Any]:
     expected = [int(t) for t in trace.greedy_ids]
     eos = set(tokenizer.eos_token_ids)
     cut = next((i + 1 for i, t in enumerate(expected) if t in eos), len(expected))
-    tol = tolerance(quant)
+    tol = tolerance(options.quant, options.embedding_bits)
     return {
         "schema_version": SELFCHECK_SCHEMA,
         "prompt_text": GOLDEN_PROMPT if tokenizer.files else None,
@@ -158,7 +177,7 @@ def selfcheck(trace, tokenizer: TokenizerInfo, quant: str) -> dict[str, Any]:
         "eos_token_ids": list(tokenizer.eos_token_ids),
         "max_new_tokens": len(expected),
         "sampling": "greedy",
-        "quant": quant,
+        "quant": options.quant,
         "tolerance": {"min_matching_prefix": math.ceil(tol.min_greedy * cut), "reason": tol.reason},
     }
 
@@ -242,16 +261,17 @@ def _build(spec: str, staging: Path, formats: Sequence[str], options: ExportOpti
     tokenizer = tokenizer_info(source.checkpoint, source.config)
     progress.stage("golden outputs")
     trace = golden_trace(source, tokenizer, steps)
-    artifacts = []
-    for fmt in formats:
+    artifacts = {}
+    for fmt in in_place_formats(formats, options):
         progress.stage(f"export {fmt}")
-        artifacts += export_formats(source, staging, [fmt], options)
+        artifacts[fmt] = export_formats(source, staging, [fmt], options)[0]
+    artifacts = [artifacts[fmt] for fmt in formats]  # the manifest lists them in the order asked
     progress.stage("tokenizer, golden, selfcheck, manifest")
     from runtime.trace import save_trace
 
     copy_tokenizer(tokenizer, staging)
     save_trace(trace, staging / "golden.npz")
-    write_json(staging / "selfcheck.json", selfcheck(trace, tokenizer, options.quant))
+    write_json(staging / "selfcheck.json", selfcheck(trace, tokenizer, options))
     golden_meta = {"prompt_text": GOLDEN_PROMPT if tokenizer.files else None,
                    "prompt_len": len(trace.prompt_ids), "steps": trace.steps}
     manifest = build_manifest(source, options, artifacts, tokenizer, staging, golden_meta)
@@ -283,12 +303,15 @@ class _Progress:
         self._bar.close()
 
 
-def _check_formats(formats: Sequence[str]) -> list[str]:
+def _check_formats(formats: Sequence[str], options: ExportOptions) -> list[str]:
+    from exporter.quantize import check_format
+
     chosen = list(dict.fromkeys(formats))
     if not chosen:
         raise QwenEdgeError("--format: give at least one of " + ", ".join(EXPORTERS))
     for fmt in chosen:
         exporter_for(fmt)  # fail now, before loading the model, if a lowering is missing
+        check_format(options.recipe, fmt)  # or if it does not offer the scheme
     return chosen
 
 
@@ -306,7 +329,7 @@ def export_bundle(model_spec: str, out: str | Path, *, formats: Sequence[str] = 
     Nothing is left behind on failure; an existing bundle is replaced only with `force`.
     """
     out = Path(out)
-    chosen = _check_formats(formats)
+    chosen = _check_formats(formats, options)
     check_destination(out, force)
     created = [p for p in out.parents if not p.exists()]  # removed again if the export fails
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,10 @@ def _add_export(sub) -> None:
     p.add_argument("model", help="checkpoint directory or preset name (tiny, tiny-moe, 0.8b, 2b)")
     p.add_argument("--out", required=True, help="bundle directory to create")
     p.add_argument("--format", type=_formats, default=["pte", "onnx"], help="comma-separated: pte,onnx (default both)")
-    p.add_argument("--quant", default="fp32", help="quantization scheme (default fp32)")
+    p.add_argument("--quant", default="fp32", help="quantization scheme: fp32, fp16, 8w, 4w, 8da4w (default fp32)")
+    p.add_argument("--group-size", type=int, default=None, help="int4 group size of 4w / 8da4w: 32 (default), 64, 128")
+    p.add_argument("--embedding-bits", type=int, default=None,
+                   help="embedding / tied LM head of 4w / 8da4w: 8 (int8 per row, default) or 4 (int4 grouped)")
     p.add_argument("--max-seq-len", type=int, default=2048, help="KV-cache capacity, prompt + generated tokens")
     p.add_argument("--prefill-chunk", type=int, default=128, help="most tokens one call takes (a power of two)")
     p.add_argument("--onnx-profile", choices=("ort", "portable"), default="ort")
@@ -122,6 +125,7 @@ def _run_export(args) -> int:
     from runtime.bundle import open_bundle
 
     options = ExportOptions(max_seq_len=args.max_seq_len, prefill_chunk=args.prefill_chunk, quant=args.quant,
+                            group_size=args.group_size, embedding_bits=args.embedding_bits,
                             onnx_profile=args.onnx_profile)
     out = export_bundle(args.model, args.out, formats=args.format, options=options, force=args.force,
                         validate=args.validate, golden_steps=args.golden_steps)

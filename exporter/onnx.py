@@ -14,8 +14,12 @@ Two deliberate differences from ONNX Runtime GenAI's model builder: the LM head 
 position only (the only logits a generator reads), and rotary cos/sin are computed from
 `position_ids` in the graph, so no table for the whole context is stored.
 
-Not here: the vision tower (text decoder only), quantization (fp32 only so far), running the
-model (`runtime/`), the manifest (`exporter.bundle`).
+Quantized schemes (`ExportOptions.quant`) trace the fp32 model and then rewrite its matmuls and
+embedding into ONNX Runtime's MatMulNBits / GatherBlockQuantized (`exporter.quantize_onnx`), so
+they need the `ort` profile.
+
+Not here: the vision tower (text decoder only), the scheme policy (`exporter.quantize`), running
+the model (`runtime/`), the manifest (`exporter.bundle`).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ from exporter.artifact import Artifact, ExportOptions, state_names
 from exporter.config import FULL, ModelConfig
 from exporter.errors import QwenEdgeError
 from exporter.model import Qwen35Model
+from exporter.quantize import check_format, check_shapes
+from exporter.quantize_onnx import quantize_onnx
 
 logger = logging.getLogger(__name__)
 
@@ -111,10 +117,13 @@ def export_onnx(model: Qwen35Model, config: ModelConfig, out_dir: Path, options:
     onnx_model = onnx_program.model
     _fold_weight_layouts(onnx_model)
     _name_dynamic_dims(onnx_model)
+    recipe = options.recipe
+    quantized = quantize_onnx(onnx_model, model, recipe) if recipe.weight_bits else None
     external = _weight_bytes(onnx_model) > EXTERNAL_DATA_THRESHOLD
     _save_atomically(onnx_model, Path(out_dir), external)
     logger.info("ONNX export: wrote %s in %.0f s", Path(out_dir) / MODEL_FILE, time.perf_counter() - start)
     details = _describe(onnx_model, config, options, external)
+    details["quantization"] = {**recipe.manifest("onnx"), **(quantized or {})}
     details["export_seconds"] = round(time.perf_counter() - start, 1)
     files = [MODEL_FILE, DATA_FILE] if external else [MODEL_FILE]
     return Artifact(format="onnx", files=files, quant=options.quant, details=details)
@@ -127,10 +136,13 @@ def export_onnx(model: Qwen35Model, config: ModelConfig, out_dir: Path, options:
 
 def _check(model: Qwen35Model, config: ModelConfig, options: ExportOptions) -> None:
     """Raise OnnxExportError for what this lowering cannot do; ExportOptions checks the rest."""
-    if options.quant != "fp32":
+    check_format(options.recipe, "onnx")
+    if options.recipe.weight_bits and options.onnx_profile != "ort":
         raise OnnxExportError(
-            f"--quant {options.quant}: the ONNX lowering writes fp32 models only so far; export with --quant fp32"
+            f"--quant {options.quant} --onnx-profile {options.onnx_profile}: quantized weights use ONNX Runtime's "
+            "MatMulNBits and GatherBlockQuantized contrib ops; export with --onnx-profile ort"
         )
+    check_shapes(model, options.recipe)
     dtypes = sorted({str(p.dtype) for p in model.parameters()})
     if dtypes != ["torch.float32"]:
         raise OnnxExportError(

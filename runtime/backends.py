@@ -168,6 +168,7 @@ class PteBackend(Backend):
         artifact = bundle.artifact("pte")
         self.max_chunk, self.capacity = _limits(bundle, artifact)
         _set_executorch_threads(threads)
+        _load_quantized_kernels()
         files = [bundle.file(entry["path"]) for entry in artifact["files"]]
         path, data = files[0], [f for f in files[1:] if f.suffix == ".ptd"]
         if len(data) > 1:
@@ -197,6 +198,14 @@ def _limits(bundle: Bundle, artifact: dict) -> tuple[int, int]:
     details = artifact.get("details", {})
     export = bundle.export
     return int(details.get("prefill_chunk", export["prefill_chunk"])), int(details.get("max_seq_len", export["max_seq_len"]))
+
+
+def _load_quantized_kernels() -> None:
+    """Register ExecuTorch's quantized kernels (the quantized embedding lookups) with its Python runtime."""
+    try:
+        import executorch.kernels.quantized  # noqa: F401
+    except ImportError as err:
+        log.info("ExecuTorch quantized kernels not loaded (%s): quantized bundles will not run", err)
 
 
 def _set_executorch_threads(threads: int) -> None:

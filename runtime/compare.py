@@ -144,7 +144,8 @@ class PerplexityMeter:
             "kl_divergence": self.kl / n,
             "tokens": self.count,
         }
-        return Check("perplexity on eval tokens", metrics, metrics["increase"] <= tol.max_ppl_increase)
+        passed = metrics["increase"] <= tol.max_ppl_increase and metrics["top1"] >= tol.min_top1
+        return Check("perplexity on eval tokens", metrics, passed)
 
 
 def layer_names(layer_types) -> list[str]:

@@ -31,11 +31,12 @@ from runtime.backends import reference_model
 from runtime.bundle import Bundle, open_bundle
 from runtime.compare import Check, PerplexityMeter, first_diverging_layer, greedy_check, logit_check, state_check
 from runtime.session import Session, load
+from runtime.tolerances import key as tolerance_key
 from runtime.tolerances import tolerance
 from runtime.trace import Trace, load_trace, reference_trace
 
 REPORT_SCHEMA = 1
-EVAL_PROMPTS, EVAL_PROMPT_LEN, EVAL_GREEDY_STEPS = 4, 16, 32  # greedy checks drawn from --eval-tokens
+EVAL_PROMPTS, EVAL_PROMPT_LEN, EVAL_GREEDY_STEPS = 8, 16, 32  # greedy checks drawn from --eval-tokens
 ARTIFACT_LAYER_NOTE = ("layer attribution needs hidden states, which exported artifacts do not return; "
                        "re-export with a debug export that outputs them to locate the layer")
 
@@ -185,12 +186,13 @@ def validate_backend(bundle: Bundle, backend: str, oracle: Oracle, *, model=None
         # The candidate: the bundle's own source model; the same object as the oracle unless --model differs.
         same = oracle.model is not None and (model is None or bundle.source.get("kind") != "preset")
         session = load(bundle, "reference", model=oracle.model if same else None, threads=threads)
-        quant, size = "fp32", None
+        quant, size, quantization = "fp32", None, {}
     else:
         session = load(bundle, backend, threads=threads)
         artifact = bundle.artifact(backend)
         quant, size = artifact["quant"], bundle.size_bytes(backend)
-    tol = tolerance(quant)
+        quantization = artifact.get("details", {}).get("quantization") or {}
+    tol = tolerance(quant, quantization.get("embedding_bits"))
     trace = oracle.trace
     total = len(trace.prompt_ids) + 2 * trace.steps - 2
     if eval_set is not None:
@@ -202,6 +204,8 @@ def validate_backend(bundle: Bundle, backend: str, oracle: Oracle, *, model=None
     greedy = [c.metrics["agreement"] for c in checks if c.name.startswith("greedy")]
     return {
         "format": backend, "backend": backend, "quant": quant, "size_bytes": size,
+        "group_size": quantization.get("group_size"), "embedding_bits": quantization.get("embedding_bits"),
+        "tolerance_key": tolerance_key(quant, quantization.get("embedding_bits")),
         "tolerance": tol.as_json(),
         "checks": [c.as_json() for c in checks],
         "top1_agreement": ppl.get("top1", checks[0].metrics["top1"]),
@@ -266,7 +270,8 @@ def format_report(report: dict[str, Any]) -> str:
              f"greedy {report['greedy_steps']} tokens"]
     for entry in report["artifacts"]:
         size = f", {entry['size_bytes'] / 1e6:.1f} MB" if entry["size_bytes"] else ""
-        lines.append(f"\n{entry['backend']} ({entry['quant']}{size}): {'ok' if entry['passed'] else 'MISS'}")
+        lines.append(f"\n{entry['backend']} ({entry.get('tolerance_key', entry['quant'])}{size}): "
+                     f"{'ok' if entry['passed'] else 'MISS'}")
         for check in entry["checks"]:
             verdict = {True: "ok", False: "MISS", None: "n/a"}[check["passed"]]
             shown = ", ".join(f"{k} {_fmt(v)}" for k, v in check["metrics"].items())

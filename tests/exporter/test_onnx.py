@@ -194,7 +194,7 @@ def test_profile_uses_the_ops_it_promises(exported):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (dict(quant="int4"), "fp32 models only"),
+        (dict(quant="8da4w", onnx_profile="portable"), "MatMulNBits and GatherBlockQuantized"),
         (dict(prefill_chunk=1), "1-token chunk"),
         (dict(max_seq_len=8192), "max_position_embeddings"),
     ],

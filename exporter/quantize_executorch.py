@@ -1,0 +1,117 @@
+"""Quantizing the reference model for ExecuTorch/XNNPACK, in place, before `export_executorch` traces it.
+
+- linears: torchao's `Int8DynamicActivationIntxWeightConfig` (int4 per group for 8da4w, int8 per
+  channel for 8w), the pattern ExecuTorch's XNNPACK partitioner lowers to its qd8 kernels;
+- the LM head: the same config at the embedding's precision (int8 per row, or int4 grouped);
+- the embedding lookup: `QuantizedEmbedding`, ExecuTorch's quantized-kernels ops
+  (`quantized_decomposed::embedding_byte` / `embedding_4bit`), on the head's integers and scales.
+  At int8 the lookup's rows are byte for byte the head's weight, so the external data file, which
+  de-duplicates identical buffers, stores the matrix once. At int4 the two packings differ
+  (XNNPACK puts the even column in the low nibble, `embedding_4bit` in the high one): two int4
+  copies, as many bytes as one int8 copy; `tied_embedding_report` says which;
+- fp16: every weight but the ones `exporter.quantize.HIGH_PRECISION` keeps in fp32.
+
+The program then needs ExecuTorch's quantized kernels library beside the portable kernels and
+XNNPACK (ExecuTorch's LLM runners link it; `runtime.backends` loads it into the Python runtime).
+
+Not here: the scheme policy (`exporter.quantize`), the lowering (`exporter.executorch`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from exporter.quantize import QuantRecipe, check_format, check_shapes, quantized_linears, qparams
+
+# fp16: parameters kept in fp32 (the model computes with them in fp32; see exporter.quantize.HIGH_PRECISION).
+FP32_UNDER_FP16 = ("A_log", "dt_bias", "norm.weight", "layernorm.weight", "q_norm.weight", "k_norm.weight")
+
+
+class QuantizedEmbedding(nn.Module):
+    """Row lookup in a symmetric int8 (or packed int4) table with per-row or per-group scales.
+
+    `weight` is not the table: it is an empty tensor in the output dtype, because callers read
+    `embed_tokens.weight.dtype` / `.device` for the dtype of the model's state.
+    """
+
+    def __init__(self, qdata: Tensor, scales: Tensor, bits: int, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.bits = bits
+        if bits == 4:  # embedding_4bit: even column in the high nibble, offset 8
+            codes = (qdata.to(torch.int16) + 8).to(torch.uint8)
+            qdata = codes[:, 0::2] << 4 | codes[:, 1::2]  # [V, D/2]
+        self.register_buffer("qdata", qdata.contiguous())  # int8 [V, D] or uint8 [V, D/2]
+        self.register_buffer("scales", scales.reshape(scales.shape[0], -1).squeeze(-1).contiguous())  # [V] or [V, G]
+        self.register_buffer("weight", torch.empty(0, dtype=dtype), persistent=False)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        ops = torch.ops.quantized_decomposed
+        if self.bits == 8:
+            return ops.embedding_byte.dtype(self.qdata, self.scales, None, -128, 127, ids, dtype=self.weight.dtype)
+        return ops.embedding_4bit.dtype(self.qdata, self.scales, None, -8, 7, ids, dtype=self.weight.dtype)
+
+
+def _linear_config(bits: int, group: int | None):
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    return Int8DynamicActivationIntxWeightConfig(
+        weight_dtype=getattr(torch, f"int{bits}"),
+        weight_granularity=PerAxis(0) if group is None else PerGroup(group),
+        intx_choose_qparams_algorithm="hqq_scale_only",
+    )
+
+
+def _quantize_head_and_embedding(model: nn.Module, recipe: QuantRecipe) -> dict[str, Any]:
+    """The LM head as a dynamically quantized linear, the lookup on the same integers (tied) or its own."""
+    from torchao.quantization import quantize_
+
+    # Defines quantized_decomposed::embedding_byte / embedding_4bit (schemas and eager kernels) for tracing.
+    import executorch.exir.passes.quant_fusion_pass  # noqa: F401
+
+    bits, group = recipe.embedding_bits, recipe.embedding_group
+    tied = model.lm_head.weight is model.embed_tokens.weight
+    quantize_(model, _linear_config(bits, group), filter_fn=lambda module, name: name == "lm_head")
+    head = model.lm_head.weight  # torchao IntxUnpackedToInt8Tensor: qdata int8 [V, D], scale [V, G]
+    if tied:
+        qdata, scales = head.qdata, head.scale.float()
+    else:
+        qdata, scales = qparams(model.embed_tokens.weight, bits, group)
+    model.embed_tokens = QuantizedEmbedding(qdata, scales, bits)
+    table = model.embed_tokens.qdata.numel() * model.embed_tokens.qdata.element_size()
+    copies = 1 if tied and bits == 8 else 2
+    return {"tied": tied, "stored_once": tied and bits == 8, "copies": copies,
+            "bytes": copies * table + 2 * scales.numel() * 4,
+            "fp32_bytes": head.shape[0] * head.shape[1] * 4 * (1 if tied else 2),
+            "note": None if copies == 1 else
+            "int4: XNNPACK packs the head's nibbles in the opposite order to embedding_4bit, so the lookup "
+            "keeps its own packed copy (two int4 copies = the bytes of one int8 copy)"}
+
+
+def _to_fp16(model: nn.Module) -> None:
+    for name, param in model.named_parameters():
+        if not name.endswith(FP32_UNDER_FP16):
+            param.data = param.data.half()
+
+
+def quantize_for_executorch(model: nn.Module, recipe: QuantRecipe) -> dict[str, Any]:
+    """Quantize `model` in place for `recipe`; returns what the manifest records. fp32: nothing to do."""
+    from torchao.quantization import quantize_
+
+    check_format(recipe, "pte")
+    report: dict[str, Any] = recipe.manifest("pte")
+    if recipe.scheme == "fp16":
+        _to_fp16(model)
+        report["fp32_parameters"] = list(FP32_UNDER_FP16)
+    if not recipe.weight_bits:
+        return report
+    check_shapes(model, recipe)
+    names = {name for name, _ in quantized_linears(model)}
+    config = _linear_config(recipe.weight_bits, recipe.group_size)
+    quantize_(model, config, filter_fn=lambda module, name: name in names)
+    report["matrices"] = len(names) + 1
+    report["embedding"] = _quantize_head_and_embedding(model, recipe)
+    return report

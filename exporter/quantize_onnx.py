@@ -1,0 +1,204 @@
+"""Quantizing an exported ONNX decoder: MatMul -> MatMulNBits, embedding Gather -> GatherBlockQuantized.
+
+`quantize_onnx` rewrites the fp32 graph that `exporter.onnx` traced, in place, into ONNX
+Runtime's contrib ops:
+
+- each quantized linear (a MatMul on a [K, N] initializer) becomes `MatMulNBits` with the
+  integers and scales `exporter.quantize.qparams` chose for the PyTorch module it came from
+  (found through the exporter's `pkg.torch.onnx.name_scopes` node metadata);
+- the LM head (a Gemm with transB on the [V, D] matrix) becomes `MatMulNBits` on that matrix;
+- the embedding lookup becomes `GatherBlockQuantized`. With tied embeddings it reads the head's
+  quantized initializer through a Reshape ([V, blocks, blob] -> [V, blocks * blob]), as ONNX
+  Runtime GenAI's model builder does for `shared_embeddings`, so the matrix is stored once.
+
+Both ops store symmetric integers with their default zero point 2^(bits-1) (no zero-point
+tensor), packed low nibble first along K, with one scale per block of K: the layout of both ops.
+A per-channel scale is one block of the next power of two >= K (the ops pad K to whole blocks).
+
+Why not ORT's `MatMulNBitsQuantizer`: it rewrites MatMul nodes only (not the Gemm head), its
+scale choices measured worse on the trained fixture, and its HQQ's float zero points cannot be
+shared with GatherBlockQuantized (see `exporter.quantize`). The ops and their layout are ORT's.
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+import torch
+from torch import nn
+
+from exporter.quantize import SCHEMES, QuantizationError, QuantRecipe, dequantize, qparams, quantized_linears
+
+MS_DOMAIN = "com.microsoft"
+# MatMulNBits accuracy_level per scheme: 1 keeps fp32 activations, 4 lets ORT quantize them to int8 per block.
+ACCURACY_LEVEL = {"8w": 4, "4w": 1, "8da4w": 4}
+
+
+def block_for(k: int, group: int | None) -> int:
+    """Block size along K: the group, or for one scale per row the next power of two >= K (at least 16)."""
+    return group if group else max(16, 1 << (k - 1).bit_length())
+
+
+def pack(qdata: torch.Tensor, bits: int, block: int) -> np.ndarray:
+    """Symmetric integers [N, K] -> uint8 [N, blocks, block * bits / 8], offset by 2^(bits-1), low nibble first."""
+    n, k = qdata.shape
+    blocks = -(-k // block)
+    offset = 1 << (bits - 1)
+    codes = np.full((n, blocks * block), offset, dtype=np.uint8)  # padding dequantizes to zero
+    codes[:, :k] = (qdata.numpy().astype(np.int16) + offset).astype(np.uint8)
+    if bits == 4:
+        codes = codes[:, 0::2] | (codes[:, 1::2] << 4)
+    return codes.reshape(n, blocks, -1)
+
+
+def unpack(packed: np.ndarray, scales: np.ndarray, bits: int, k: int) -> np.ndarray:
+    """MatMulNBits' B and scales back to fp32 [N, K] (for tests and reports)."""
+    n = packed.shape[0]
+    flat = packed.reshape(n, -1)
+    codes = np.stack([flat & 15, flat >> 4], -1).reshape(n, -1) if bits == 4 else flat
+    values = codes.astype(np.float32) - (1 << (bits - 1))
+    blocks = scales.shape[1]
+    return (values.reshape(n, blocks, -1) * scales[..., None]).reshape(n, -1)[:, :k]
+
+
+class _Quantized:
+    """One quantized matrix as ORT stores it: packed B [N, blocks, blob], scales [N, blocks]."""
+
+    def __init__(self, name: str, weight: torch.Tensor, bits: int, group: int | None):
+        qdata, scale = qparams(weight, bits, group)
+        self.bits, self.n, self.k = bits, weight.shape[0], weight.shape[1]
+        self.block = block_for(self.k, group)
+        self.packed = ir.tensor(pack(qdata, bits, self.block), name=f"{name}.q{bits}")
+        self.scales = ir.tensor(scale.numpy().astype(np.float32), name=f"{name}.scales")
+        self.error = float((dequantize(qdata, scale) - weight.float()).pow(2).mean() / weight.float().pow(2).mean())
+
+    def add_to(self, graph: ir.Graph) -> tuple[ir.Value, ir.Value]:
+        return _initializer(graph, self.packed), _initializer(graph, self.scales)
+
+    def nbytes(self) -> int:
+        return self.packed.nbytes + self.scales.nbytes
+
+
+def _initializer(graph: ir.Graph, tensor) -> ir.Value:
+    value = ir.Value(name=tensor.name, shape=ir.Shape(tensor.shape), type=ir.TensorType(tensor.dtype),
+                     const_value=tensor)
+    graph.register_initializer(value)
+    return value
+
+
+def _int64(graph: ir.Graph, name: str, values: list[int]) -> ir.Value:
+    return _initializer(graph, ir.tensor(np.array(values, np.int64), name=name))
+
+
+def _scope(node: ir.Node) -> str | None:
+    """The PyTorch module a node was traced from ('layers.0.mlp.up_proj'), from the exporter's metadata."""
+    scopes = node.metadata_props.get("pkg.torch.onnx.name_scopes")
+    if not scopes:
+        return None
+    names = ast.literal_eval(scopes)
+    module = names[-2] if len(names) >= 2 else ""
+    return module.removeprefix("model.")  # OnnxDecoder holds the model as `model`
+
+
+def _replace(graph: ir.Graph, old: ir.Node, new: ir.Node) -> None:
+    ir.convenience.replace_nodes_and_values(graph, old, [old], [new], old.outputs, new.outputs)
+
+
+def _matmul_nbits(x: ir.Value, b: ir.Value, scales: ir.Value, q: _Quantized, level: int, like: ir.Node) -> ir.Node:
+    attributes = {"K": q.k, "N": q.n, "bits": q.bits, "block_size": q.block, "accuracy_level": level}
+    return ir.Node(MS_DOMAIN, "MatMulNBits", [x, b, scales], ir.convenience.convert_attributes(attributes),
+                   name=f"{like.name}_nbits", metadata_props=dict(like.metadata_props))
+
+
+def _quantize_linears(graph: ir.Graph, model: nn.Module, recipe: QuantRecipe, level: int) -> dict[str, float]:
+    """MatMul on a module's weight -> MatMulNBits; returns {module: relative weight MSE}."""
+    linears = dict(quantized_linears(model))
+    errors = {}
+    for node in list(graph):
+        name = _scope(node) if node.op_type == "MatMul" and not node.domain else None
+        if name not in linears or node.inputs[1].const_value is None:
+            continue
+        weight = linears[name].weight.detach()  # [N, K]; the initializer holds its transpose
+        if tuple(node.inputs[1].shape) != (weight.shape[1], weight.shape[0]):
+            raise QuantizationError(f"ONNX node {node.name}: weight {node.inputs[1].shape} is not {name}'s transpose")
+        q = _Quantized(name, weight, recipe.weight_bits, recipe.group_size)
+        _replace(graph, node, _matmul_nbits(node.inputs[0], *q.add_to(graph), q, level, like=node))
+        errors[name] = q.error
+    missing = sorted(set(linears) - set(errors))
+    if missing:
+        raise QuantizationError(f"ONNX graph: no MatMul found for {', '.join(missing[:3])}; the exporter's "
+                                "node metadata (pkg.torch.onnx.name_scopes) changed")
+    return errors
+
+
+def _find(graph: ir.Graph, op_type: str, scope: str) -> ir.Node:
+    found = [n for n in graph if n.op_type == op_type and not n.domain and _scope(n) == scope]
+    if len(found) != 1:
+        raise QuantizationError(f"ONNX graph: expected one {op_type} from {scope}, found {len(found)}")
+    return found[0]
+
+
+def _gather(graph: ir.Graph, node: ir.Node, data: ir.Value, scales: ir.Value, q: _Quantized, width: int) -> None:
+    """Embedding Gather -> GatherBlockQuantized over `data` [V, padded/2 or padded], sliced back to D if padded."""
+    attributes = ir.convenience.convert_attributes(
+        {"bits": q.bits, "block_size": q.block, "gather_axis": 0, "quantize_axis": 1})
+    gbq = ir.Node(MS_DOMAIN, "GatherBlockQuantized", [data, node.inputs[1], scales], attributes,
+                  name=f"{node.name}_blockquantized", metadata_props=dict(node.metadata_props))
+    new_nodes, out = [gbq], gbq.outputs[0]
+    if q.block * (-(-width // q.block)) != width:  # padded rows: keep the first D columns
+        consts = [_int64(graph, f"{node.name}.slice_{what}", [v]) for what, v in (("start", 0), ("end", width), ("axis", -1))]
+        sliced = ir.Node("", "Slice", [out, *consts], name=f"{node.name}_unpad")
+        new_nodes.append(sliced)
+        out = sliced.outputs[0]
+    ir.convenience.replace_nodes_and_values(graph, node, [node], new_nodes, node.outputs, [out])
+
+
+def _quantize_embedding(graph: ir.Graph, model: nn.Module, recipe: QuantRecipe, level: int) -> dict[str, Any]:
+    """The LM head Gemm -> MatMulNBits and the lookup Gather -> GatherBlockQuantized, sharing one matrix if tied."""
+    head, lookup = _find(graph, "Gemm", "lm_head"), _find(graph, "Gather", "embed_tokens")
+    transposed = head.attributes.get("transB")
+    if transposed is None or transposed.value != 1 or len(head.inputs) > 2:
+        raise QuantizationError(f"ONNX node {head.name}: expected the LM head as Gemm(transB=1) without bias")
+    tied = lookup.inputs[0] is head.inputs[1]
+    width = model.config.hidden_size
+    head_q = _Quantized("lm_head", model.lm_head.weight.detach(), recipe.embedding_bits, recipe.embedding_group)
+    b, scales = head_q.add_to(graph)
+    _replace(graph, head, _matmul_nbits(head.inputs[0], b, scales, head_q, level, like=head))
+    lookup_q, data, lookup_scales = head_q, b, scales
+    if not tied:  # separate matrices: the lookup gets its own
+        lookup_q = _Quantized("embed_tokens", model.embed_tokens.weight.detach(), recipe.embedding_bits,
+                              recipe.embedding_group)
+        data, lookup_scales = lookup_q.add_to(graph)
+    # GatherBlockQuantized takes uint8 rows [V, blocks * blob]: the same bytes as MatMulNBits' [V, blocks, blob].
+    shape = _int64(graph, "embed_tokens.rows_shape", [lookup_q.n, lookup_q.packed.shape[1] * lookup_q.packed.shape[2]])
+    reshape = ir.Node("", "Reshape", [data, shape], name="embed_tokens_rows")
+    graph.insert_before(lookup, reshape)
+    _gather(graph, lookup, reshape.outputs[0], lookup_scales, lookup_q, width)
+    stored = head_q.nbytes() + (0 if tied else lookup_q.nbytes())
+    return {"tied": tied, "stored_once": tied, "bytes": stored,
+            "fp32_bytes": model.lm_head.weight.numel() * 4 * (1 if tied else 2), "relative_mse": head_q.error}
+
+
+def quantize_onnx(onnx_model: ir.Model, model: nn.Module, recipe: QuantRecipe) -> dict[str, Any]:
+    """Rewrite `onnx_model` (traced from `model`) for `recipe`, in place; returns what the manifest records."""
+    from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+    if SCHEMES[recipe.scheme].weight_bits is None:
+        raise QuantizationError(f"{recipe.scheme}: not an integer scheme; nothing to rewrite")
+    level = ACCURACY_LEVEL[recipe.scheme]
+    graph = onnx_model.graph
+    onnx_model.opset_imports.setdefault(MS_DOMAIN, 1)
+    errors = _quantize_linears(graph, model, recipe, level)
+    embedding = _quantize_embedding(graph, model, recipe, level)
+    RemoveUnusedNodesPass()(onnx_model)  # drops the fp32 initializers nothing reads any more
+    worst = max(errors, key=errors.get) if errors else None
+    return {
+        "matrices": len(errors) + 1 + (0 if embedding["tied"] else 1),
+        "accuracy_level": level,
+        "linear_relative_mse": {"mean": float(np.mean(list(errors.values()))) if errors else None,
+                                "worst": worst, "worst_value": errors.get(worst)},
+        "embedding": embedding,
+    }

@@ -1,0 +1,210 @@
+"""Quantization: each scheme on the trained fixture meets its bound per format, the tied embedding is stored
+once where the backend can share it, and bad scheme names or options fail with clear errors.
+
+Quality runs on the trained fixture (random weights make top-1 and perplexity meaningless) with
+1024 held-out tokens: the ONNX side in the default run (an export takes ~30 s), the ExecuTorch
+side on the fixture under `slow` (a quantized fixture lowering takes ~10 min on 2 cores); the
+tiny preset covers the ExecuTorch quantization path in the default run.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+import torch
+
+from exporter.artifact import ExportOptions
+from exporter.bundle import export_bundle
+from exporter.checkpoint import load_model, random_model
+from exporter.cli import main
+from exporter.config import preset
+from exporter.quantize import SCHEMES, QuantizationError, check_format, dequantize, qparams, resolve
+from exporter.quantize_onnx import block_for, pack, unpack
+from runtime.tolerances import tolerance
+from runtime.validate import validate_bundle
+from tests.conftest import need_fixture
+
+FIXTURE = "qwen35-tiny-code"
+EVAL_TOKENS = 1024
+SMALL = {"max_seq_len": 256, "prefill_chunk": 32}
+
+
+def quantized_bundle(tmp_path_factory, fmt: str, quant: str, embedding_bits: int | None = None):
+    """A bundle of the trained fixture with one artifact, validated with held-out tokens; (bundle, report)."""
+    checkpoint = need_fixture(FIXTURE)
+    tokens = need_fixture("heldout-stdlib-tokens.npy")
+    options = ExportOptions(quant=quant, embedding_bits=embedding_bits, **SMALL)
+    out = tmp_path_factory.mktemp(f"{fmt}-{quant}-{embedding_bits}") / "bundle"
+    export_bundle(str(checkpoint), out, formats=[fmt], options=options, validate=False, golden_steps=8)
+    report = validate_bundle(out, fmt, model=checkpoint, eval_tokens=tokens, eval_max_tokens=EVAL_TOKENS)
+    return out, report
+
+
+def assert_meets_bound(report, quant: str, embedding_bits: int | None) -> None:
+    (entry,) = report["artifacts"]
+    bound = tolerance(quant, embedding_bits).max_ppl_increase
+    increase = entry["perplexity"] / entry["reference_perplexity"] - 1
+    failed = [c["name"] for c in entry["checks"] if c["passed"] is False]
+    assert report["passed"], f"{quant}/emb{embedding_bits}: checks missed: {failed}"
+    assert increase <= bound and entry["quant"] == quant and entry["embedding_bits"] == embedding_bits
+    assert entry["size_bytes"] and entry["top1_agreement"] >= tolerance(quant, embedding_bits).min_top1
+
+
+# --- ONNX on the trained fixture ----------------------------------------------------------------
+
+ONNX_FAST = [("8w", None), ("8da4w", 8), ("8da4w", 4)]
+ONNX_SLOW = [("4w", 8), ("4w", 4)]
+
+
+@pytest.fixture(scope="module", params=ONNX_FAST, ids=lambda p: f"{p[0]}-emb{p[1]}")
+def onnx_bundle(request, tmp_path_factory):
+    quant, bits = request.param
+    return quant, (8 if quant == "8w" else bits), *quantized_bundle(tmp_path_factory, "onnx", quant, bits)
+
+
+def test_onnx_scheme_meets_its_bound_on_the_trained_fixture(onnx_bundle):
+    quant, bits, _, report = onnx_bundle
+    assert_meets_bound(report, quant, bits)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quant,bits", ONNX_SLOW)
+def test_onnx_weight_only_int4_meets_its_bound(tmp_path_factory, quant, bits):
+    _, report = quantized_bundle(tmp_path_factory, "onnx", quant, bits)
+    assert_meets_bound(report, quant, bits)
+
+
+def test_onnx_tied_embedding_is_one_initializer(onnx_bundle):
+    _, bits, bundle, _ = onnx_bundle
+    model = ir.load(bundle / "model.onnx")
+    nodes = {n.op_type: n for n in model.graph}
+    gather, head = nodes["GatherBlockQuantized"], next(
+        n for n in model.graph if n.op_type == "MatMulNBits" and n.attributes["N"].value == 248320)
+    rows = gather.inputs[0].producer()
+    assert rows.op_type == "Reshape" and rows.inputs[0] is head.inputs[1] and gather.inputs[2] is head.inputs[2]
+    big = [v for v in model.graph.initializers.values() if v.const_value.nbytes > 5_000_000]
+    assert big == [head.inputs[1]]  # the only large tensor: the shared quantized matrix
+    assert head.inputs[1].const_value.nbytes == 248320 * (128 if bits == 8 else 96 // 2)  # D = 96, padded at int8
+
+
+def test_onnx_report_records_scheme_and_bytes(onnx_bundle):
+    quant, bits, bundle, _ = onnx_bundle
+    from runtime.bundle import open_bundle
+
+    details = open_bundle(bundle).artifact("onnx")["details"]["quantization"]
+    assert details["scheme"] == quant and details["embedding_bits"] == bits and "hqq" in details["scales"]
+    assert details["embedding"]["stored_once"] and details["embedding"]["bytes"] < details["embedding"]["fp32_bytes"] / 2
+    assert "recurrent state" in " ".join(details["kept_in_fp32"])
+
+
+# --- ExecuTorch ---------------------------------------------------------------------------------
+
+
+def test_pte_8da4w_on_tiny_matches_the_quantized_model_and_stores_the_embedding_once(tmp_path):
+    from exporter.executorch import export_executorch
+    from exporter.quantize_executorch import quantize_for_executorch
+    from tests.exporter.test_executorch import load_forward
+
+    config = preset("tiny")
+    model = random_model(config, seed=3)
+    options = ExportOptions(max_seq_len=64, prefill_chunk=32, quant="8da4w")
+    report = quantize_for_executorch(model, options.recipe)
+    export_executorch(model, config, tmp_path, options)
+    assert report["embedding"]["stored_once"]
+    table = model.embed_tokens.qdata.numpy().tobytes()
+    assert (tmp_path / "model.ptd").read_bytes().count(table) == 1  # lookup and head: one copy of the int8 rows
+    import executorch.kernels.quantized  # noqa: F401
+
+    forward = load_forward(tmp_path)
+    prompt = torch.randint(0, config.text.vocab_size, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(prompt).logits[:, -1]
+    got = forward(prompt, 0)
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))
+    assert (got - expected).norm() / expected.norm() < 0.05  # per-token activation rounding differs from eager
+
+
+PTE_SLOW = [("fp16", None), ("8w", None), ("8da4w", 8), ("8da4w", 4)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quant,bits", PTE_SLOW)
+def test_pte_scheme_meets_its_bound_on_the_trained_fixture(tmp_path_factory, quant, bits):
+    _, report = quantized_bundle(tmp_path_factory, "pte", quant, bits)
+    assert_meets_bound(report, quant, 8 if quant == "8w" else bits)
+
+
+# --- scales, packing, options -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits,group", [(8, None), (4, 32)])
+def test_packing_round_trips_to_the_dequantized_weight(bits, group):
+    weight = torch.randn(40, 96, generator=torch.Generator().manual_seed(0))
+    qdata, scale = qparams(weight, bits, group)
+    block = block_for(96, group)
+    packed = pack(qdata, bits, block)
+    assert packed.shape == (40, -(-96 // block), block * bits // 8)
+    np.testing.assert_array_equal(unpack(packed, scale.numpy(), bits, 96), dequantize(qdata, scale).numpy())
+
+
+def test_hqq_scales_beat_round_to_nearest():
+    config, model, _ = load_model(need_fixture(FIXTURE))
+    weight = model.layers[0].mlp.down_proj.weight.detach()
+    qdata, scale = qparams(weight, 4, 32)
+    groups = weight.view(weight.shape[0], -1, 32)
+    rtn_scale = groups.abs().amax(-1, keepdim=True) / 8
+    rtn = ((groups / rtn_scale).round().clamp(-8, 7) * rtn_scale).view_as(weight)
+    assert (dequantize(qdata, scale) - weight).pow(2).mean() < 0.9 * (rtn - weight).pow(2).mean()
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"quant": "int4"}, "unknown scheme; choose one of fp32, fp16, 8w, 4w, 8da4w"),
+    ({"quant": "8w", "group_size": 32}, "--group-size applies to the grouped int4 schemes"),
+    ({"quant": "fp32", "embedding_bits": 4}, "--embedding-bits applies to the 4-bit schemes"),
+    ({"quant": "8da4w", "group_size": 48}, "--group-size 48: choose one of 32, 64, 128"),
+    ({"quant": "4w", "embedding_bits": 2}, "--embedding-bits 2: choose 8"),
+])
+def test_bad_schemes_and_options_raise_clear_errors(kwargs, message):
+    with pytest.raises(QuantizationError, match=message.replace("-", r"\-")):
+        ExportOptions(**kwargs)
+
+
+def test_defaults_are_resolved_and_recorded():
+    options = ExportOptions(quant="8da4w")
+    assert (options.group_size, options.embedding_bits) == (32, 8)
+    assert resolve("8w", None, None).embedding_bits == 8 and resolve("fp32", None, None).group_size is None
+
+
+@pytest.mark.parametrize("quant,fmt", [(q, f) for q, s in SCHEMES.items() for f in s.refused])
+def test_a_format_that_does_not_offer_a_scheme_says_why(quant, fmt):
+    with pytest.raises(QuantizationError, match=f"--quant {quant} --format {fmt}: not offered"):
+        check_format(resolve(quant, None, None), fmt)
+
+
+def test_group_size_that_does_not_divide_the_model_names_the_layer(tmp_path):
+    from exporter.onnx import export_onnx
+
+    config, model, _ = load_model(need_fixture(FIXTURE))
+    with pytest.raises(QuantizationError, match="has 96 input channels, not a multiple of it; use --group-size 32"):
+        export_onnx(model, config, tmp_path, ExportOptions(quant="8da4w", group_size=64, **SMALL))
+
+
+def test_cli_rejects_a_bad_scheme_before_loading_anything(tmp_path, capsys):
+    code = main(["export", "tiny", "--out", str(tmp_path / "b"), "--quant", "int3"])
+    assert code == 2 and "unknown scheme" in capsys.readouterr().err
+    code = main(["export", "tiny", "--out", str(tmp_path / "b"), "--quant", "4w", "--format", "pte"])
+    assert code == 2 and "8da4w" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_quantizing_for_executorch_leaves_kept_parameters_in_fp32():
+    from exporter.quantize_executorch import quantize_for_executorch
+
+    model = random_model(preset("tiny"))
+    original = copy.deepcopy(model)
+    quantize_for_executorch(model, resolve("8da4w", None, None))
+    layer, before = model.layers[0].linear_attn, original.layers[0].linear_attn
+    assert torch.equal(layer.in_proj_a.weight, before.in_proj_a.weight) and layer.A_log.dtype == torch.float32
+    assert type(layer.in_proj_qkv.weight).__name__ == "IntxUnpackedToInt8Tensor"
