@@ -110,11 +110,13 @@ def test_artifact_describes_the_program(exported):
     assert report["delegated_ops"] > 0 and all("reason" in v for v in report["not_delegated"].values())
     # No custom op survives into the program: the stock runtime runs it.
     assert not any(name.startswith(("qwen35", "llama")) for name in report["not_delegated"])
-    # With a dynamic T, reshapes, norms and the delta rule's matmul chain stay inside XNNPACK: a
-    # symbolic view, a rank-3 mean or a padded inverse would split the delegate at every layer.
-    for op in ("aten.view_copy", "aten.mean.dim", "aten.bmm", "aten.diagonal_copy", "aten.index_select", "aten.log1p"):
+    # With a dynamic T, norms and the delta rule's matmul chain stay inside XNNPACK: a rank-3 mean,
+    # a padded inverse or aten's softplus would split the delegate at every layer. (Views of integer
+    # positions and boolean masks stay portable: XNNPACK takes float tensors only.)
+    for op in ("aten.mean.dim", "aten.bmm", "aten.diagonal_copy", "aten.index_select", "aten.log1p"):
         assert not any(name.startswith(op) for name in report["not_delegated"]), op
-    assert report["delegate_calls"] <= 6 * len(config.text.layer_types)
+    if not config.is_moe:  # MoE layers gather expert weights with portable ops, which split the delegate
+        assert report["delegate_calls"] <= 6 * len(config.text.layer_types)
 
 
 def test_tied_embedding_is_stored_once(tmp_path):
