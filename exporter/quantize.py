@@ -99,10 +99,12 @@ HIGH_PRECISION: tuple[tuple[str, str], ...] = (
     ("conv1d taps", "4 taps per channel: 0.1 % of the weights, and the conv state they produce feeds every step"),
     ("RMSNorm weights (layer, final, q/k, gated)", "vectors; normalisation runs in fp32 by design"),
     ("MoE router and shared_expert_gate", "routing decisions flip on small errors; [E, D] and [1, D] are tiny"),
-    ("MoE expert weights", "the qwen35::moe op takes fp32 expert tensors; a QMoE lowering is not written yet"),
+    ("MoE experts and shared expert", "the qwen35::moe op takes their fp32 tensors directly; a QMoE lowering "
+                                      "is not written yet"),
     ("KV cache", "kept in the activation dtype (fp32, or fp16 under fp16)"),
 )
 KEPT_LINEARS = ("in_proj_a", "in_proj_b", "shared_expert_gate")  # module-name suffixes, see HIGH_PRECISION
+KEPT_SCOPES = (".shared_expert.",)  # linears whose weights qwen35::moe reads, see HIGH_PRECISION
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,8 @@ def quantized_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     from torch import nn
 
     return [(name, module) for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and name != "lm_head" and not name.endswith(KEPT_LINEARS)]
+            if isinstance(module, nn.Linear) and name != "lm_head" and not name.endswith(KEPT_LINEARS)
+            and not any(scope in name for scope in KEPT_SCOPES)]
 
 
 def check_shapes(model: nn.Module, recipe: QuantRecipe) -> None:

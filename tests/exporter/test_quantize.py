@@ -208,3 +208,16 @@ def test_quantizing_for_executorch_leaves_kept_parameters_in_fp32():
     layer, before = model.layers[0].linear_attn, original.layers[0].linear_attn
     assert torch.equal(layer.in_proj_a.weight, before.in_proj_a.weight) and layer.A_log.dtype == torch.float32
     assert type(layer.in_proj_qkv.weight).__name__ == "IntxUnpackedToInt8Tensor"
+
+
+def test_onnx_untied_moe_model_quantizes_linears_and_keeps_the_moe_in_fp32(tmp_path):
+    from exporter.onnx import export_onnx
+
+    config = preset("tiny-moe")
+    artifact = export_onnx(random_model(config), config, tmp_path,
+                           ExportOptions(max_seq_len=64, prefill_chunk=16, quant="8da4w", embedding_bits=4))
+    ops = artifact.details["op_counts"]["com.microsoft"]
+    assert ops["MoE"] == 4 and ops["GatherBlockQuantized"] == 1
+    assert ops["MatMulNBits"] == 14  # 3 DeltaNet layers x 3 + 1 attention x 4 + the LM head
+    embedding = artifact.details["quantization"]["embedding"]
+    assert not embedding["tied"] and not embedding["stored_once"]
