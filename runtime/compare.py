@@ -57,17 +57,29 @@ def logit_check(name: str, candidate: np.ndarray, reference: np.ndarray, tol: To
     return Check(name, m, passed)
 
 
-def greedy_check(candidate: np.ndarray, reference: np.ndarray, tol: Tolerance) -> Check:
-    """Agreement of two greedy continuations: the matching prefix, as a fraction of the reference's length."""
+def greedy_check(candidate: np.ndarray, reference: np.ndarray, tol: Tolerance,
+                 reference_logits: np.ndarray | None = None) -> Check:
+    """Agreement of two greedy continuations: the matching prefix, as a fraction of the reference's length.
+
+    reference_logits [n, V] (row i chose reference[i]): where the first difference is a near-tie of the
+    reference (both tokens within `tol.greedy_tie_margin` logits), the check passes and the note says so.
+    """
     n = len(reference)
     mismatch = next((i for i in range(n) if i >= len(candidate) or candidate[i] != reference[i]), None)
     agreement = 1.0 if mismatch is None else mismatch / n
-    note = "" if mismatch is None else (
-        f"first difference at step {mismatch}: {int(candidate[mismatch]) if mismatch < len(candidate) else None} "
-        f"vs reference {int(reference[mismatch])}"
-    )
     metrics = {"agreement": agreement, "steps": n, "first_mismatch": mismatch}
-    return Check(f"greedy decode, {n} tokens", metrics, agreement >= tol.min_greedy, note)
+    passed, note = agreement >= tol.min_greedy, ""
+    if mismatch is not None:
+        got = int(candidate[mismatch]) if mismatch < len(candidate) else None
+        note = f"first difference at step {mismatch}: {got} vs reference {int(reference[mismatch])}"
+        if reference_logits is not None and got is not None:
+            row = reference_logits[mismatch]
+            margin = float(row[int(reference[mismatch])] - row[got])
+            metrics["reference_margin"] = margin
+            if not passed and margin <= tol.greedy_tie_margin:
+                passed = True
+                note += f"; a near-tie of the reference ({margin:.3g} <= {tol.greedy_tie_margin:g} logits)"
+    return Check(f"greedy decode, {n} tokens", metrics, passed, note)
 
 
 def state_check(candidate: dict[str, np.ndarray] | None, reference: dict[str, np.ndarray] | None,

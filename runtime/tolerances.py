@@ -6,7 +6,9 @@ with the fp32 reference's on the same tokens; `min_greedy` is the fraction of
 the greedy continuation that matches before the first differing token (after
 it, the two continuations see different text, so later agreement means little);
 `max_ppl_increase` bounds (artifact perplexity / reference perplexity - 1) on
-`--eval-tokens`. Keys are the scheme (`exporter.quantize.SCHEMES`), with `+emb4`
+`--eval-tokens`; `greedy_tie_margin` excuses a greedy continuation whose first
+difference is a near-tie of the reference (a single prompt's greedy prefix ends
+at the first such flip, however good the artifact). Keys are the scheme (`exporter.quantize.SCHEMES`), with `+emb4`
 when a 4-bit scheme also stores the embedding / tied LM head at int4 (`key`). A
 scheme missing here is an error, not a silent default: add its line when a
 quantizer adds the scheme. The 4-bit bounds were set at group size 32; a coarser
@@ -35,6 +37,9 @@ class Tolerance:
     max_state_abs: float  # largest |difference| in the carried state after prefill (where exposed)
     max_ppl_increase: float  # relative perplexity increase on held-out tokens
     reason: str
+    # A greedy continuation that first differs where the reference scores both tokens within this many
+    # logits has hit a tie of the reference, not an error of the artifact: the check passes and says so.
+    greedy_tie_margin: float = 0.0
 
     def as_json(self) -> dict[str, Any]:
         """The bounds for a report (JSON has no infinity: an unbounded metric is null)."""
@@ -62,31 +67,38 @@ TOLERANCES = MappingProxyType({
         max_abs=OFF, rel_rms=1e-2, min_cosine=0.9995, min_top1=0.95, min_greedy=greedy_floor(0.95),
         max_state_abs=OFF, max_ppl_increase=5e-3,
         reason="fp16 activations carry 11 mantissa bits: about 1e-3 relative per op, compounding over layers",
+        greedy_tie_margin=0.02,
     ),
     "8w": Tolerance(
         max_abs=OFF, rel_rms=5e-2, min_cosine=0.998, min_top1=0.9, min_greedy=greedy_floor(0.9),
         max_state_abs=OFF, max_ppl_increase=0.01,
-        reason="int8 per-channel weights (about 0.4 % weight error); issue 6 bounds perplexity at +1 %",
+        reason="int8 per-channel weights (about 0.6 % weight error, logits ~1 % relative); issue 6 bounds "
+               "perplexity at +1 %",
+        greedy_tie_margin=0.05,
     ),
     "4w": Tolerance(
         max_abs=OFF, rel_rms=0.25, min_cosine=0.97, min_top1=0.75, min_greedy=greedy_floor(0.75),
         max_state_abs=OFF, max_ppl_increase=0.05,
         reason="int4 group-32 weights, int8 embedding; issue 6 bounds perplexity at +5 %",
+        greedy_tie_margin=0.1,
     ),
     "8da4w": Tolerance(
         max_abs=OFF, rel_rms=0.25, min_cosine=0.97, min_top1=0.75, min_greedy=greedy_floor(0.75),
         max_state_abs=OFF, max_ppl_increase=0.05,
         reason="as 4w, plus per-token dynamic int8 activations (about 0.5 % per matmul); issue 6: +5 %",
+        greedy_tie_margin=0.1,
     ),
     "4w+emb4": Tolerance(
         max_abs=OFF, rel_rms=0.25, min_cosine=0.97, min_top1=0.75, min_greedy=greedy_floor(0.75),
         max_state_abs=OFF, max_ppl_increase=0.10,
         reason="int4 group-32 weights and int4 embedding / LM head; issue 6 bounds perplexity at +10 %",
+        greedy_tie_margin=0.1,
     ),
     "8da4w+emb4": Tolerance(
         max_abs=OFF, rel_rms=0.25, min_cosine=0.97, min_top1=0.75, min_greedy=greedy_floor(0.75),
         max_state_abs=OFF, max_ppl_increase=0.10,
         reason="as 4w+emb4, plus per-token dynamic int8 activations; issue 6 bounds perplexity at +10 %",
+        greedy_tie_margin=0.1,
     ),
 })
 

@@ -37,6 +37,11 @@ class Trace:
     def steps(self) -> int:
         return len(self.greedy_ids)
 
+    @property
+    def greedy_logits(self) -> np.ndarray:
+        """The logits that chose each greedy token: [N, V] (row i chose greedy_ids[i])."""
+        return np.concatenate([self.prompt_logits[-1:], self.decode_logits])
+
 
 def reference_trace(model, prompt_ids, steps: int, *, hidden_states: bool = False):
     """The trace of the reference model (and, with `hidden_states`, its per-layer outputs on the prompt).

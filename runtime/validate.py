@@ -159,7 +159,7 @@ def _checks(session: Session, oracle: Oracle, tol, eval_set: EvalSet | None, pro
     checks.append(logit_check(f"last logits of a {T}-token prefill in {calls} call(s)",
                               last[None], trace.prompt_logits[-1:], tol))
     checks.append(state_check(state, oracle.state, tol))
-    checks.append(greedy_check(greedy, trace.greedy_ids, tol))
+    checks.append(greedy_check(greedy, trace.greedy_ids, tol, trace.greedy_logits))
     if eval_set is not None:
         checks.append(_perplexity(session, oracle, eval_set, tol, progress))
         checks.append(_eval_greedy(session, oracle, eval_set, tol, progress))

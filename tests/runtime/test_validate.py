@@ -105,6 +105,17 @@ def test_metrics():
     assert check.metrics["agreement"] == 0.5 and check.metrics["first_mismatch"] == 2 and check.passed is False
 
 
+def test_a_greedy_flip_at_a_near_tie_of_the_reference_is_not_an_error():
+    reference, candidate = np.array([1, 2, 3, 4]), np.array([1, 9, 3, 4])
+    logits = np.zeros((4, 16), np.float32)
+    logits[1, 2], logits[1, 9] = 5.0, 5.0 - 0.04  # the reference barely prefers 2 over 9 at the flip
+    tie = greedy_check(candidate, reference, tolerance("8w"), logits)
+    assert tie.passed and "near-tie" in tie.note and tie.metrics["agreement"] == 0.25
+    logits[1, 9] = 4.0  # a clear preference: the flip is the artifact's
+    assert greedy_check(candidate, reference, tolerance("8w"), logits).passed is False
+    assert greedy_check(candidate, reference, tolerance("fp32"), logits).passed is False
+
+
 def test_tolerance_table_is_data_with_reasons():
     assert TOLERANCES["fp32"].max_abs <= 1e-3 and TOLERANCES["fp32"].min_greedy == 1.0
     for name, tol in TOLERANCES.items():
