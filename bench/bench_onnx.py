@@ -30,7 +30,6 @@ import resource
 import runpy
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +39,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench import steps  # noqa: E402
 
 
 def peak_rss_mb() -> float:
@@ -193,14 +194,7 @@ STEPS = {"checkpoint": step_checkpoint, "export-ours": step_export_ours, "export
 
 
 def run_step(name: str, args, **extra) -> dict:
-    """Run one step in a fresh interpreter; its last stdout line is the step's JSON result."""
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**vars(args), **extra}.items() if v not in (None, False)]
-    flags = [f for f in flags if not f.startswith(("--step=", "--json", "--quick", "--work"))]
-    command = [sys.executable, __file__, f"--step={name}", *flags]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"step {name} failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return steps.run_step(__file__, name, args, steps.DRIVER_ONLY, **extra)
 
 
 def main(argv=None) -> None:
