@@ -155,7 +155,7 @@ def lower_custom_ops(program: torch.export.ExportedProgram, options: ExportOptio
         torch.ops.qwen35.moe.default: moe,
         torch.ops.aten.softplus.default: _softplus,
     }
-    return _token_dim_views_as_minus_one(program.run_decompositions(table))
+    return dynamic_views_as_minus_one(program.run_decompositions(table))
 
 
 def _softplus(x: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
@@ -171,7 +171,7 @@ def _softplus(x: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
 _VIEWS = (torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default, torch.ops.aten.reshape.default)
 
 
-def _token_dim_views_as_minus_one(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+def dynamic_views_as_minus_one(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
     """Spell the one symbolic size of each view as -1 (the token count T, inferred again at run time).
 
     XNNPACK delegates a reshape only when its target shape is all ints: `x.view(B, T, H, D)` with a
@@ -190,8 +190,8 @@ def _token_dim_views_as_minus_one(program: torch.export.ExportedProgram) -> torc
     return program
 
 
-def tag_external_weights(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
-    """Tag every weight for the external data file, so tied weights are stored once.
+def tag_external_weights(program: torch.export.ExportedProgram, tag: str = _WEIGHTS_TAG) -> torch.export.ExportedProgram:
+    """Tag every weight for the external data file `{tag}.ptd`, so tied weights are stored once.
 
     What ExecuTorch's `delegate_external_constants_pass_unlifted` does on an unlifted
     module, done in place on the lifted program's weight placeholders: no second export.
@@ -201,7 +201,7 @@ def tag_external_weights(program: torch.export.ExportedProgram) -> torch.export.
     weights |= {name for name, buffer in signature.inputs_to_buffers.items() if buffer not in signature.buffers_to_mutate.values()}
     for node in program.graph.nodes:
         if node.op == "placeholder" and node.name in weights:
-            node.meta.setdefault("custom", {})["delegate_constant_tag"] = _WEIGHTS_TAG
+            node.meta.setdefault("custom", {})["delegate_constant_tag"] = tag
     return program
 
 
@@ -220,19 +220,19 @@ def lower_to_xnnpack(program: torch.export.ExportedProgram, constant_methods: di
     return edge, notes
 
 
-def to_executorch_program(edge):
+def to_executorch_program(edge, tag: str = _WEIGHTS_TAG):
     from executorch.exir import ExecutorchBackendConfig
 
-    return edge.to_executorch(ExecutorchBackendConfig(external_constants=lambda _node: _WEIGHTS_TAG))
+    return edge.to_executorch(ExecutorchBackendConfig(external_constants=lambda _node: tag))
 
 
-def write_program(program, out_dir: Path) -> list[str]:
-    """Write model.pte and model.ptd into out_dir, each through a temporary name."""
+def write_program(program, out_dir: Path, pte: str = PTE) -> list[str]:
+    """Write the program (`pte`) and its external data file(s) into out_dir, each through a temporary name."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp_dir = out_dir / f".pte-{os.getpid()}"
     tmp_dir.mkdir()
     try:
-        (tmp_dir / PTE).write_bytes(program.buffer)
+        (tmp_dir / pte).write_bytes(program.buffer)
         program.write_tensor_data_to_file(str(tmp_dir))
         written = sorted(p.name for p in tmp_dir.iterdir())
         for name in written:
@@ -241,7 +241,7 @@ def write_program(program, out_dir: Path) -> list[str]:
         for leftover in tmp_dir.glob("*"):
             leftover.unlink()
         tmp_dir.rmdir()
-    return [PTE] + [name for name in written if name != PTE]
+    return [pte] + [name for name in written if name != pte]
 
 
 # ---------------------------------------------------------------------------
@@ -258,11 +258,11 @@ _PORTABLE_REASONS = {
 }
 
 
-def delegation_report(edge, notes: list[str]) -> dict[str, object]:
+def delegation_report(edge, notes: list[str], method: str = "forward") -> dict[str, object]:
     """Op counts per backend and what stayed outside XNNPACK, with reasons."""
     from executorch.devtools.backend_debug import get_delegation_info
 
-    graph = edge.exported_program().graph_module
+    graph = edge.exported_program(method).graph_module
     info = get_delegation_info(graph)
     portable = Counter()
     for node in graph.graph.nodes:

@@ -40,16 +40,20 @@ class ForwardOutput:
     hidden_states: list[Tensor] | None = None  # the embeddings, then every layer's output: [B, T, D] each
 
 
-def mean_square(x: Tensor) -> Tensor:
-    """mean(x², dim=-1, keepdim=True), taken as a mean over the last two dims of a [1, N, D, 1] view.
+def mean_last(x: Tensor) -> Tensor:
+    """mean(x, dim=-1, keepdim=True), taken as a mean over the last two dims of a [1, N, D, 1] view.
 
     The same numbers; the 4-D form is the one mean XNNPACK delegates (a rank-3 mean would fall back
     to a portable kernel and split the ExecuTorch delegate at every norm). The views spell the token
     dim as -1 so that they stay static-shaped when T is dynamic.
     """
-    squares = (x * x).reshape(1, -1, x.shape[-1], 1)  # [1, N, D, 1]
-    mean = squares.mean(dim=(-2, -1), keepdim=True)  # [1, N, 1, 1]
+    mean = x.reshape(1, -1, x.shape[-1], 1).mean(dim=(-2, -1), keepdim=True)  # [1, N, 1, 1]
     return mean.reshape(-1, 1) if x.dim() == 2 else mean.reshape(x.shape[0], -1, *x.shape[2:-1], 1)  # [..., 1]
+
+
+def mean_square(x: Tensor) -> Tensor:
+    """mean(x², dim=-1, keepdim=True) in mean_last's XNNPACK-friendly form."""
+    return mean_last(x * x)
 
 
 class RMSNorm(nn.Module):
@@ -178,6 +182,9 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """x [B, H, T, Dh]; cos/sin [B, T, R]: rotate the first R dims, pass the rest."""
     r = cos.shape[-1]
     cos, sin = cos[:, None], sin[:, None]  # [B, 1, T, R]
+    if r == x.shape[-1]:  # the whole head rotates (the vision tower): no empty pass-through slice
+        x1, x2 = x[..., : r // 2], x[..., r // 2 :]
+        return x * cos + torch.cat((-x2, x1), dim=-1) * sin
     rot, rest = x[..., :r], x[..., r:]
     x1, x2 = rot[..., : r // 2], rot[..., r // 2 :]
     rotated = torch.cat((-x2, x1), dim=-1)

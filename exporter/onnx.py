@@ -120,7 +120,7 @@ def export_onnx(model: Qwen35Model, config: ModelConfig, out_dir: Path, options:
     recipe = options.recipe
     quantized = quantize_onnx(onnx_model, model, recipe) if recipe.weight_bits else None
     external = _weight_bytes(onnx_model) > EXTERNAL_DATA_THRESHOLD
-    _save_atomically(onnx_model, Path(out_dir), external)
+    save_atomically(onnx_model, Path(out_dir), MODEL_FILE, DATA_FILE if external else None)
     logger.info("ONNX export: wrote %s in %.0f s", Path(out_dir) / MODEL_FILE, time.perf_counter() - start)
     details = _describe(onnx_model, config, options, external)
     details["quantization"] = {**recipe.manifest("onnx"), **(quantized or {})}
@@ -268,21 +268,22 @@ def _weight_bytes(model) -> int:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _save_atomically(model, out_dir: Path, external: bool) -> None:
-    """Write into a temporary directory beside the target, then rename: readers never see half a model.
+def save_atomically(model, out_dir: Path, name: str = MODEL_FILE, data: str | None = None) -> None:
+    """Write `name` (and its external `data` file, if given) through a temporary directory beside the target.
 
-    The data file is moved first, so a `model.onnx` that exists always has its weights beside it;
-    a stale data file from an earlier external export is removed.
+    Readers never see half a model: the data file is moved first, so an `name` that exists always
+    has its weights beside it; a stale data file from an earlier external export is removed.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
+    stale = out_dir / (data or f"{name}.data")
     tmp = Path(tempfile.mkdtemp(prefix=".onnx-export-", dir=out_dir))
     try:
-        ir.save(model, tmp / MODEL_FILE, external_data=DATA_FILE if external else None)
-        if external:
-            os.replace(tmp / DATA_FILE, out_dir / DATA_FILE)
-        os.replace(tmp / MODEL_FILE, out_dir / MODEL_FILE)
-        if not external and (out_dir / DATA_FILE).exists():
-            (out_dir / DATA_FILE).unlink()
+        ir.save(model, tmp / name, external_data=data)
+        if data:
+            os.replace(tmp / data, out_dir / data)
+        os.replace(tmp / name, out_dir / name)
+        if not data and stale.exists():
+            stale.unlink()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -178,11 +178,15 @@ def quantized_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
 
 def check_shapes(model: nn.Module, recipe: QuantRecipe) -> None:
     """Every grouped matrix's input size must be a multiple of the group size; name the first that is not."""
+    extra = [("embed_tokens / lm_head", model.config.hidden_size)] if recipe.embedding_bits == 4 else []
+    check_group_size(model, recipe, extra)
+
+
+def check_group_size(model: nn.Module, recipe: QuantRecipe, extra: list[tuple[str, int]] = ()) -> None:
+    """check_shapes for the quantized linears of any module (and `extra` (name, input size) pairs)."""
     if not recipe.group_size:
         return
-    matrices = [(name, m.in_features) for name, m in quantized_linears(model)]
-    if recipe.embedding_bits == 4:
-        matrices.append(("embed_tokens / lm_head", model.config.hidden_size))
+    matrices = [(name, m.in_features) for name, m in quantized_linears(model)] + list(extra)
     for name, k in matrices:
         if k % recipe.group_size:
             fits = [g for g in GROUP_SIZES if all(kk % g == 0 for _, kk in matrices)]

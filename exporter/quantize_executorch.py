@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from exporter.quantize import QuantRecipe, check_format, check_shapes, quantized_linears, qparams
+from exporter.quantize import QuantRecipe, check_format, check_group_size, check_shapes, quantized_linears, qparams
 
 # fp16: parameters kept in fp32 (the model computes with them in fp32; see exporter.quantize.HIGH_PRECISION).
 FP32_UNDER_FP16 = ("A_log", "dt_bias", "norm.weight", "layernorm.weight", "q_norm.weight", "k_norm.weight")
@@ -95,6 +95,17 @@ def _to_fp16(model: nn.Module) -> None:
     for name, param in model.named_parameters():
         if not name.endswith(FP32_UNDER_FP16):
             param.data = param.data.half()
+
+
+def quantize_linears_executorch(module: nn.Module, recipe: QuantRecipe) -> dict[str, Any]:
+    """Quantize the linears of a module without an embedding (the vision tower) in place, as the decoder's."""
+    from torchao.quantization import quantize_
+
+    check_format(recipe, "pte")
+    names = {name for name, _ in quantized_linears(module)}
+    check_group_size(module, recipe)
+    quantize_(module, _linear_config(recipe.weight_bits, recipe.group_size), filter_fn=lambda _m, name: name in names)
+    return {"matrices": len(names), "weight_bits": recipe.weight_bits, "group_size": recipe.group_size}
 
 
 def quantize_for_executorch(model: nn.Module, recipe: QuantRecipe) -> dict[str, Any]:

@@ -32,7 +32,9 @@ import onnx_ir as ir
 import torch
 from torch import nn
 
-from exporter.quantize import SCHEMES, QuantizationError, QuantRecipe, dequantize, qparams, quantized_linears
+from exporter.quantize import (
+    SCHEMES, QuantizationError, QuantRecipe, check_group_size, dequantize, qparams, quantized_linears,
+)
 
 MS_DOMAIN = "com.microsoft"
 # MatMulNBits accuracy_level per scheme: 1 keeps fp32 activations, 4 lets ORT quantize them to int8 per block.
@@ -194,6 +196,18 @@ def _quantize_embedding(graph: ir.Graph, model: nn.Module, recipe: QuantRecipe, 
     return {"tied": tied, "stored_once": tied, "bytes": stored,
             "fp32_bytes": model.lm_head.weight.numel() * 4 * (1 if tied else 2), "relative_mse": head_q.error,
             "in_memory_copies": "ONNX Runtime folds the scales' Reshape: one extra copy of the scales, not of the matrix"}
+
+
+def quantize_linears_onnx(onnx_model: ir.Model, module: nn.Module, recipe: QuantRecipe) -> dict[str, Any]:
+    """The linears of a module without an embedding (the vision tower) -> MatMulNBits, in place."""
+    from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+    check_group_size(module, recipe)
+    onnx_model.opset_imports.setdefault(MS_DOMAIN, 1)
+    errors = _quantize_linears(onnx_model.graph, module, recipe, ACCURACY_LEVEL[recipe.scheme])
+    RemoveUnusedNodesPass()(onnx_model)
+    return {"matrices": len(errors), "accuracy_level": ACCURACY_LEVEL[recipe.scheme],
+            "linear_relative_mse_mean": float(np.mean(list(errors.values()))) if errors else None}
 
 
 def quantize_onnx(onnx_model: ir.Model, model: nn.Module, recipe: QuantRecipe) -> dict[str, Any]:

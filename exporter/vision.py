@@ -6,9 +6,11 @@ within a frame with 2-D rotary, GELU MLP) → 2×2 patch merger into the text
 hidden size. Parameter names follow `model.visual.*` of the HF checkpoints.
 
 One image (or clip) per call, its grid (t, h, w) given as Python ints. Every
-table that depends on the grid (the resampling of the position table, the
-rotary angles) is built from those ints, and forward has no data-dependent
-control flow: one grid traces to one static graph, an image-size bucket.
+table that depends on the grid is built on the host from those ints
+(`grid_tables`: the four bilinear taps of each patch into the learned position
+table, and the rotary cos/sin), so `VisionTower.encode` takes them as inputs
+and is the same graph for every image size: the exported encoder has one
+dynamic patch dimension instead of one graph per image-size bucket.
 
 Patch order is the processor's (`runtime.image`): frame-major, then 2×2 merge
 blocks row-major over the grid, then row-major inside a block. Four consecutive
@@ -27,14 +29,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from exporter.config import VisionConfig
 from exporter.errors import InputError
-from exporter.model import apply_rotary
+from exporter.model import apply_rotary, mean_last, mean_square
 
 Grid = tuple[int, int, int]  # (t, h, w) in patches: frames / temporal patches, rows, columns
 
@@ -64,28 +68,67 @@ def num_image_tokens(v: VisionConfig, grid: Sequence[int]) -> int:
     return t * h * w // v.spatial_merge_size**2
 
 
-def _block_order(x: Tensor, merge: int) -> Tensor:
-    """[h, w, ...] row-major grid -> [h*w, ...] in merge-block order (the processor's patch order)."""
+@dataclass(frozen=True)
+class GridTables:
+    """The encoder's inputs that depend only on an image's grid, per patch in the processor's order (Q = h·w)."""
+
+    pos_index: np.ndarray  # [Q, 4] int64: the four taps of each patch into the S x S position table
+    pos_weight: np.ndarray  # [Q, 4] float32: their bilinear weights (corners aligned)
+    cos: np.ndarray  # [Q, Dh] float32: rotary of the patch's row, then of its column, the pair repeated
+    sin: np.ndarray  # [Q, Dh] float32
+
+
+def _taps(size: int, side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """low [size], high [size], frac [size]: points 0..size-1 mapped onto 0..side-1, corners aligned.
+
+    transformers computes these with an fp32 `torch.linspace`; fp64 here then fp32 weights
+    differ from it by at most an ulp of the weights.
+    """
+    src = np.arange(size, dtype=np.float64) * ((side - 1) / max(size - 1, 1))
+    low = np.floor(src).astype(np.int64)
+    return low, np.minimum(low + 1, side - 1), src - low
+
+
+def grid_tables(v: VisionConfig, grid: Sequence[int]) -> GridTables:
+    """The position taps and rotary tables of one frame of this grid (frames share them)."""
+    _, h, w = check_grid(v, grid)
+    side = math.isqrt(v.num_position_embeddings)
+    row_low, row_high, row_frac = _taps(h, side)
+    col_low, col_high, col_frac = _taps(w, side)
+    rows = np.stack([row_low, row_low, row_high, row_high], axis=-1)[:, None, :]  # [h, 1, 4]
+    cols = np.stack([col_low, col_high, col_low, col_high], axis=-1)[None, :, :]  # [1, w, 4]
+    row_w = np.stack([1 - row_frac, 1 - row_frac, row_frac, row_frac], axis=-1)[:, None, :]  # [h, 1, 4]
+    col_w = np.stack([1 - col_frac, col_frac, 1 - col_frac, col_frac], axis=-1)[None, :, :]  # [1, w, 4]
+    index = _block_order_np(rows * side + cols, v.spatial_merge_size)  # [Q, 4]
+    weight = _block_order_np(row_w * col_w, v.spatial_merge_size).astype(np.float32)  # [Q, 4]
+    # 2-D rotary: Dh/4 frequencies, turned by the patch's row in one quarter of each head's
+    # rotation half and by its column in the other (rotate-half layout, the whole head rotates).
+    quarter = v.head_dim // 4
+    inv_freq = np.array([1.0 / v.rope_theta ** (2 * i / (v.head_dim // 2)) for i in range(quarter)], np.float32)
+    grid_rows = _block_order_np(np.broadcast_to(np.arange(h, dtype=np.float32)[:, None], (h, w)), v.spatial_merge_size)
+    grid_cols = _block_order_np(np.broadcast_to(np.arange(w, dtype=np.float32)[None, :], (h, w)), v.spatial_merge_size)
+    angles = np.concatenate([grid_rows[:, None] * inv_freq, grid_cols[:, None] * inv_freq], axis=-1)  # [Q, Dh/2]
+    angles = np.concatenate([angles, angles], axis=-1)  # [Q, Dh]
+    return GridTables(index, weight, np.cos(angles), np.sin(angles))
+
+
+def _block_order_np(x: np.ndarray, merge: int) -> np.ndarray:
+    """_block_order for numpy arrays."""
     h, w, *rest = x.shape
-    x = x.reshape(h // merge, merge, w // merge, merge, *rest).transpose(1, 2)  # [h/m, w/m, m, m, ...]
+    x = x.reshape(h // merge, merge, w // merge, merge, *rest).swapaxes(1, 2)  # [h/m, w/m, m, m, ...]
     return x.reshape(h * w, *rest)
 
 
-def _resample_matrix(size: int, side: int) -> Tensor:
-    """[size, side]: bilinear resampling of a length-`side` axis onto `size` points, corners aligned.
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters) with its two means in `mean_last`'s form, which XNNPACK delegates.
 
-    Row i holds the two taps of `F.interpolate(..., mode="bilinear", align_corners=True)`: the
-    point i maps to src = i (side-1)/(size-1) of the table. Built from Python numbers, so it
-    traces as a graph constant.
+    ExecuTorch's XNNPACK partitioner takes no layer_norm: as one op, each of the tower's norms
+    would be a portable kernel between two delegate calls.
     """
-    rows = [[0.0] * side for _ in range(size)]
-    for i in range(size):
-        src = i * (side - 1) / max(size - 1, 1)
-        low = math.floor(src)
-        frac = src - low
-        rows[i][low] += 1.0 - frac
-        rows[i][min(low + 1, side - 1)] += frac  # at the last point frac is 0: no tap past the edge
-    return torch.tensor(rows, dtype=torch.float32)
+
+    def forward(self, x: Tensor) -> Tensor:
+        centred = x - mean_last(x)
+        return centred * torch.rsqrt(mean_square(centred) + self.eps) * self.weight + self.bias
 
 
 class PatchEmbed(nn.Module):
@@ -118,7 +161,10 @@ class VisionAttention(nn.Module):
         # Rotation in fp32, as the checkpoints were trained, then back to the working dtype.
         q = apply_rotary(q.float(), cos, sin).to(x.dtype)  # [t, H, Q, Dh]
         k = apply_rotary(k.float(), cos, sin).to(x.dtype)  # [t, H, Q, Dh]
-        out = F.scaled_dot_product_attention(q, k, v, scale=self.dh**-0.5)  # [t, H, Q, Dh]
+        # Attention written out (no mask: every patch sees its frame): aten's own math form of
+        # scaled_dot_product_attention adds NaN guards that XNNPACK does not take.
+        scores = (q * self.dh**-0.5) @ k.transpose(-1, -2)  # [t, H, Q, Q]
+        out = scores.softmax(dim=-1) @ v  # [t, H, Q, Dh]
         return self.proj(out.transpose(1, 2).reshape(N, D))  # [N, D]
 
 
@@ -138,8 +184,8 @@ class VisionBlock(nn.Module):
 
     def __init__(self, v: VisionConfig):
         super().__init__()
-        self.norm1 = nn.LayerNorm(v.hidden_size, eps=_LAYER_NORM_EPS)
-        self.norm2 = nn.LayerNorm(v.hidden_size, eps=_LAYER_NORM_EPS)
+        self.norm1 = LayerNorm(v.hidden_size, eps=_LAYER_NORM_EPS)
+        self.norm2 = LayerNorm(v.hidden_size, eps=_LAYER_NORM_EPS)
         self.attn = VisionAttention(v)
         self.mlp = VisionMLP(v)
 
@@ -154,7 +200,7 @@ class PatchMerger(nn.Module):
     def __init__(self, v: VisionConfig):
         super().__init__()
         self.dim = v.hidden_size * v.spatial_merge_size**2
-        self.norm = nn.LayerNorm(v.hidden_size, eps=_LAYER_NORM_EPS)
+        self.norm = LayerNorm(v.hidden_size, eps=_LAYER_NORM_EPS)
         self.linear_fc1 = nn.Linear(self.dim, self.dim, bias=True)
         self.linear_fc2 = nn.Linear(self.dim, v.out_hidden_size, bias=True)
 
@@ -170,15 +216,10 @@ class VisionTower(nn.Module):
     def __init__(self, v: VisionConfig):
         super().__init__()
         self.config = v
-        self.side = math.isqrt(v.num_position_embeddings)  # S: the learned table is an S × S grid
         self.patch_embed = PatchEmbed(v)
         self.pos_embed = nn.Embedding(v.num_position_embeddings, v.hidden_size)  # [S*S, D]
         self.blocks = nn.ModuleList(VisionBlock(v) for _ in range(v.depth))
         self.merger = PatchMerger(v)
-        # 2-D rotary: Dh/4 frequencies, turned by the patch's row in one quarter of each head's
-        # rotation half and by its column in the other (rotate-half layout, the whole head rotates).
-        quarter = v.head_dim // 4
-        self.inv_freq = [1.0 / v.rope_theta ** (2 * i / (v.head_dim // 2)) for i in range(quarter)]
 
     @property
     def patch_features(self) -> int:
@@ -186,25 +227,32 @@ class VisionTower(nn.Module):
         v = self.config
         return v.in_channels * v.temporal_patch_size * v.patch_size**2
 
-    def position_embeddings(self, h: int, w: int) -> Tensor:
-        """The learned S × S table resampled bilinearly (corners aligned) to the h × w grid: [h*w, D]."""
-        S = self.side
-        table = self.pos_embed.weight.float().view(S, S, -1)  # [S, S, D]
-        device = table.device
-        rows = _resample_matrix(h, S).to(device) @ table.reshape(S, -1)  # [h, S*D]: resampled along rows
-        grid = _resample_matrix(w, S).to(device) @ rows.view(h, S, -1)  # [h, w, D]: then along columns
-        return _block_order(grid, self.config.spatial_merge_size)  # [h*w, D]
-
-    def rotary(self, h: int, w: int) -> tuple[Tensor, Tensor]:
-        """cos, sin [1, h*w, Dh] (fp32): angles of the patch's row, then of its column, the pair repeated."""
+    def tables(self, grid: Sequence[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """`grid_tables` for every patch of every frame, as tensors on the tower's device: encode's inputs."""
+        t = check_grid(self.config, grid)[0]
         device = self.pos_embed.weight.device
-        m = self.config.spatial_merge_size
-        rows = _block_order(torch.arange(h, device=device, dtype=torch.float32)[:, None].expand(h, w), m)  # [Q]
-        cols = _block_order(torch.arange(w, device=device, dtype=torch.float32)[None, :].expand(h, w), m)  # [Q]
-        inv_freq = torch.tensor(self.inv_freq, dtype=torch.float32, device=device)  # [Dh/4]
-        angles = torch.cat((rows[:, None] * inv_freq, cols[:, None] * inv_freq), dim=-1)  # [Q, Dh/2]
-        angles = torch.cat((angles, angles), dim=-1)[None]  # [1, Q, Dh]: apply_rotary's [B, T, R]
-        return angles.cos(), angles.sin()
+        tables = grid_tables(self.config, grid)
+        return tuple(
+            torch.from_numpy(np.tile(table, (t, 1))).to(device)
+            for table in (tables.pos_index, tables.pos_weight, tables.cos, tables.sin)
+        )
+
+    def encode(self, patches: Tensor, pos_index: Tensor, pos_weight: Tensor, cos: Tensor, sin: Tensor, frames: int = 1) -> Tensor:
+        """patches [N, F], the grid's tables [N, 4] / [N, Dh] -> embeddings [M, E]; attention within each frame.
+
+        The graph the lowerings export (frames = 1: an image): nothing in it depends on the
+        grid but N, so one exported encoder takes any image size.
+        """
+        x = self.patch_embed(patches.to(self.patch_embed.proj.weight.dtype))  # [N, D]
+        taps = self.pos_embed(pos_index).float()  # [N, 4, D]: the four corners of each patch's cell
+        position = (taps * pos_weight[..., None]).sum(dim=1)  # [N, D]: bilinear, as transformers sums them
+        x = x + position.to(x.dtype)  # [N, D]
+        cos, sin = cos[None], sin[None]  # [1, N/frames·frames, Dh]: apply_rotary's [B, T, R]
+        if frames > 1:
+            cos, sin = cos[:, : x.shape[0] // frames], sin[:, : x.shape[0] // frames]  # frames share one table
+        for block in self.blocks:
+            x = block(x, cos, sin, frames)  # [N, D]
+        return self.merger(x)  # [M, E]
 
     def forward(self, patches: Tensor, grid: Sequence[int]) -> Tensor:
         """patches [N, F] of one image (N = t·h·w, in the processor's order) -> embeddings [M, E]."""
@@ -214,12 +262,7 @@ class VisionTower(nn.Module):
                 f"pixel patches: shape {tuple(patches.shape)}, expected ({t * h * w}, {self.patch_features}) "
                 f"for grid {(t, h, w)}; give the patches runtime.image made for this grid"
             )
-        x = self.patch_embed(patches.to(self.patch_embed.proj.weight.dtype))  # [N, D]
-        x = x + self.position_embeddings(h, w).to(x.dtype).repeat(t, 1)  # [N, D]: the same table every frame
-        cos, sin = self.rotary(h, w)  # [1, Q, Dh] each
-        for block in self.blocks:
-            x = block(x, cos, sin, t)  # [N, D]
-        return self.merger(x)  # [M, E]
+        return self.encode(patches, *self.tables(grid), frames=t)  # [M, E]
 
 
 def encode_images(tower: VisionTower, pixel_values: Tensor, grids: Sequence[Sequence[int]]) -> list[Tensor]:

@@ -5,9 +5,8 @@ The oracle is a tiny `Qwen3_5ForConditionalGeneration` saved with
 layout of `model.visual.*` is covered as much as the math.
 
 Tolerances: merged image embeddings (O(1)) max abs <= 1e-5, measured 1.3e-6 at most:
-the two sides differ only in summation order (a matmul instead of a Conv3d,
-separable instead of four-tap resampling, batched frames instead of split
-sequences), while the smallest real mistake tried (the tanh GELU in the merger
+the two sides differ only in summation order (a matmul instead of a Conv3d, batched frames
+instead of split sequences), while the smallest real mistake tried (the tanh GELU in the merger
 instead of the exact one) moves them by 1.5e-4. Logits as in test_parity,
 1e-4 x the logit scale (measured <= 1e-5).
 """
