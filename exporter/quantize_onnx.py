@@ -104,7 +104,8 @@ def _scope(node: ir.Node) -> str | None:
         return None
     names = ast.literal_eval(scopes)
     module = names[-2] if len(names) >= 2 else ""
-    return module.removeprefix("model.")  # OnnxDecoder holds the model as `model`
+    # OnnxDecoder holds the model as `model`, the vision export's VisionEncoder the tower as `tower`.
+    return module.removeprefix("model.").removeprefix("tower.")
 
 
 def _replace(graph: ir.Graph, old: ir.Node, new: ir.Node) -> None:
@@ -118,24 +119,41 @@ def _matmul_nbits(x: ir.Value, b: ir.Value, scales: ir.Value, q: _Quantized, lev
 
 
 def _quantize_linears(graph: ir.Graph, model: nn.Module, recipe: QuantRecipe, level: int) -> dict[str, float]:
-    """MatMul on a module's weight -> MatMulNBits; returns {module: relative weight MSE}."""
+    """MatMul (3-D inputs) or Gemm (2-D inputs, bias fused) on a module's weight -> MatMulNBits; {module: relative MSE}."""
     linears = dict(quantized_linears(model))
     errors = {}
     for node in list(graph):
-        name = _scope(node) if node.op_type == "MatMul" and not node.domain else None
+        kind = node.op_type if node.op_type in ("MatMul", "Gemm") and not node.domain else None
+        name = _scope(node) if kind else None
         if name not in linears or node.inputs[1].const_value is None:
             continue
-        weight = linears[name].weight.detach()  # [N, K]; the initializer holds its transpose
-        if tuple(node.inputs[1].shape) != (weight.shape[1], weight.shape[0]):
-            raise QuantizationError(f"ONNX node {node.name}: weight {node.inputs[1].shape} is not {name}'s transpose")
+        weight = linears[name].weight.detach()  # [N, K]
+        stored = tuple(node.inputs[1].shape)
+        transposed = kind == "Gemm" and _attribute(node, "transB", 0) == 1  # Gemm may keep W as [N, K]
+        if stored != (tuple(weight.shape) if transposed else (weight.shape[1], weight.shape[0])):
+            raise QuantizationError(f"ONNX node {node.name}: weight {stored} does not match {name} {tuple(weight.shape)}")
+        if kind == "Gemm" and (_attribute(node, "transA", 0) or _attribute(node, "alpha", 1.0) != 1.0
+                               or _attribute(node, "beta", 1.0) != 1.0):
+            raise QuantizationError(f"ONNX node {node.name}: a Gemm that is not x @ W^T + b; cannot quantize {name}")
         q = _Quantized(name, weight, recipe.weight_bits, recipe.group_size)
-        _replace(graph, node, _matmul_nbits(node.inputs[0], *q.add_to(graph), q, level, like=node))
+        matmul = _matmul_nbits(node.inputs[0], *q.add_to(graph), q, level, like=node)
+        if kind == "Gemm" and len(node.inputs) > 2 and node.inputs[2] is not None:
+            bias = ir.Node("", "Add", [matmul.outputs[0], node.inputs[2]], name=f"{node.name}_bias",
+                           metadata_props=dict(node.metadata_props))
+            ir.convenience.replace_nodes_and_values(graph, node, [node], [matmul, bias], node.outputs, bias.outputs)
+        else:
+            _replace(graph, node, matmul)
         errors[name] = q.error
     missing = sorted(set(linears) - set(errors))
     if missing:
         raise QuantizationError(f"ONNX graph: no MatMul found for {', '.join(missing[:3])}; the exporter's "
                                 "node metadata (pkg.torch.onnx.name_scopes) changed")
     return errors
+
+
+def _attribute(node: ir.Node, name: str, default):
+    attribute = node.attributes.get(name)
+    return default if attribute is None else attribute.value
 
 
 def _find(graph: ir.Graph, op_type: str, scope: str) -> ir.Node:
