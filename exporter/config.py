@@ -382,6 +382,14 @@ _SMALL_PATTERN = (LINEAR, LINEAR, LINEAR, FULL)
 _QWEN_SPECIALS = {"bos_token_id": None, "eos_token_ids": (248046,), "pad_token_id": 248044}
 
 
+# The vision tower of Qwen3.5-0.8B (its config.json `vision_config`); used at this shape with random
+# weights by bench/bench_vision.py.
+VISION_0_8B = VisionConfig(
+    depth=12, hidden_size=768, intermediate_size=3072, num_heads=12, out_hidden_size=1024,
+    num_position_embeddings=2304, hidden_act="gelu_pytorch_tanh",
+)
+
+
 def _phone_size(hidden: int, ffn: int) -> TextConfig:
     """The published 0.8B/2B text shapes: 24 layers of (3 x DeltaNet, 1 x attention)."""
     return TextConfig(
