@@ -20,7 +20,7 @@ from exporter.artifact import Artifact, ExportOptions
 from exporter.checkpoint import random_model
 from exporter.config import FULL, ModelConfig, preset
 from exporter.model import Qwen35Model
-from exporter.onnx import OnnxExportError, _save_atomically, example_state, export_onnx, io_names
+from exporter.onnx import DATA_FILE, MODEL_FILE, OnnxExportError, example_state, export_onnx, io_names, save_atomically
 from exporter.onnx_ops import moe_portable
 from ops.moe import moe_reference
 
@@ -162,7 +162,7 @@ def test_io_follows_the_artifact_contract(exported):
 
 def test_external_data_layout_runs_the_same(exported, tmp_path):
     """Above 2 GB of weights they go to model.onnx.data; the tiny presets never get there, so write them so."""
-    _save_atomically(ir.load(exported.out_dir / "model.onnx"), tmp_path, external=True)
+    save_atomically(ir.load(exported.out_dir / "model.onnx"), tmp_path, MODEL_FILE, DATA_FILE)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
     external = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     ids = prompt_ids(exported.config, steps=5)
