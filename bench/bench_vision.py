@@ -20,7 +20,6 @@ import argparse
 import copy
 import dataclasses
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench_gated_delta_rule import median_ms  # noqa: E402  (this script's own folder is on sys.path)
 from exporter.artifact import ExportOptions  # noqa: E402
 from exporter.checkpoint import random_vision  # noqa: E402
 from exporter.config import VISION_0_8B, VisionConfig, preset  # noqa: E402
@@ -49,14 +49,7 @@ QUICK_VISION = VisionConfig(depth=2, hidden_size=64, intermediate_size=128, num_
 
 
 def median_s(fn, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_ms(fn, warmup, repeats) / 1e3
 
 
 def runner(fmt: str, out: Path, files: list[str], threads: int):
