@@ -15,6 +15,15 @@ and `.value` [B, Hkv, P, Dh]; DeltaNet layers `past_key_values.{i}.conv`
 [B, C, K-1] and `.recurrent` float32 [B, Hv, Dk, Dv]. Outputs: `logits` [B, V]
 (last position) and `present.{i}.key|value|conv|recurrent` with the next state
 (key/value grow to P + T). 1 <= T <= prefill_chunk per call.
+
+Multimodal checkpoints add an image path to both, so image prompts need no second
+decoder and no host-side copy of the embedding table: image embeddings [N, D]
+(the vision encoder's output) fill the prompt's `<|image_pad|>` tokens, the k-th
+pad taking row k. ONNX: an optional input `image_embeds` [N, D] (default: no
+rows). ExecuTorch: a second method `forward_with_images(tokens [1, T],
+image_embeds [N, D], input_pos [1], positions int64 [3, T]) -> logits [1, V]`
+with explicit M-RoPE positions and its own state; an image session runs every
+call, decode included, through it.
 """
 
 from __future__ import annotations
@@ -25,6 +34,10 @@ from typing import Any
 from exporter.config import FULL, TextConfig
 from exporter.errors import QwenEdgeError
 from exporter.quantize import QuantRecipe, resolve
+
+
+IMAGE_EMBEDS = "image_embeds"  # ONNX input of multimodal decoders
+IMAGE_METHOD = "forward_with_images"  # ExecuTorch method of multimodal decoders
 
 
 @dataclass(frozen=True)

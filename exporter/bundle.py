@@ -206,15 +206,44 @@ def build_manifest(source: Source, options: ExportOptions, artifacts: list[Artif
         "source": source.manifest(),
         "export": dataclasses.asdict(options),
         "tokenizer": tokenizer.manifest(entries),
-        "artifacts": [
-            {"format": a.format, "files": [file_entry(staging, f) for f in a.files], "quant": a.quant,
-             "details": a.details}
-            for a in artifacts
-        ],
+        "artifacts": [_artifact_entry(a, staging) for a in artifacts],
         "golden": {**file_entry(staging, "golden.npz"), **golden_meta},
         "selfcheck": file_entry(staging, "selfcheck.json"),
         "validation": None,
         "toolchain": toolchain(),
+    }
+
+
+def _artifact_entry(artifact: Artifact, staging: Path) -> dict[str, Any]:
+    return {"format": artifact.format, "files": [file_entry(staging, f) for f in artifact.files],
+            "quant": artifact.quant, "details": artifact.details}
+
+
+def export_vision(source: Source, staging: Path, formats: Sequence[str], options: ExportOptions) -> dict[str, Any]:
+    """The vision encoder in each format, with the image processor settings and token ids an app needs.
+
+    The manifest's `vision` section: `artifacts` (vision.onnx / vision.pte, the decoder's scheme),
+    `image_processor` (what `runtime.image.ImageSpec` takes) and the multimodal `token_ids`.
+    """
+    from exporter.checkpoint import load_vision
+    from exporter.vision_export import export_vision_executorch, export_vision_onnx, image_processor
+
+    if source.checkpoint is None:
+        raise QwenEdgeError(f"{source.name}: a vision tower is exported from a checkpoint, not a preset")
+    tower = load_vision(source.checkpoint)
+    written = {}
+    for fmt in in_place_formats(formats, options):  # the ExecuTorch export quantizes the tower in place: last
+        export = export_vision_onnx if fmt == "onnx" else export_vision_executorch
+        written[fmt] = export(tower, staging, options)
+        _check_artifact(written[fmt], fmt, staging)
+    config = source.config
+    max_pixels = min(a.details["max_pixels"] for a in written.values())
+    return {
+        "artifacts": [written[fmt] for fmt in formats],
+        "image_processor": image_processor(source.checkpoint, config.vision, max_pixels),
+        "token_ids": {"image": config.image_token_id, "vision_start": config.vision_start_token_id,
+                      "vision_end": config.vision_end_token_id},
+        "prompt": "each image as <|vision_start|><|image_pad|><|vision_end|>; the pad is repeated once per image token",
     }
 
 
@@ -270,6 +299,10 @@ def _build(spec: str, staging: Path, formats: Sequence[str], options: ExportOpti
         progress.stage(f"export {fmt}")
         artifacts[fmt] = export_formats(source, staging, [fmt], options)[0]
     artifacts = [artifacts[fmt] for fmt in formats]  # the manifest lists them in the order asked
+    vision = None
+    if source.config.vision is not None:
+        progress.stage("export vision encoder")
+        vision = export_vision(source, staging, formats, options)
     progress.stage("tokenizer, golden, selfcheck, manifest")
     from runtime.trace import save_trace
 
@@ -279,6 +312,8 @@ def _build(spec: str, staging: Path, formats: Sequence[str], options: ExportOpti
     golden_meta = {"prompt_text": GOLDEN_PROMPT if tokenizer.files else None,
                    "prompt_len": len(trace.prompt_ids), "steps": trace.steps}
     manifest = build_manifest(source, options, artifacts, tokenizer, staging, golden_meta)
+    if vision is not None:
+        manifest["vision"] = {**vision, "artifacts": [_artifact_entry(a, staging) for a in vision["artifacts"]]}
     write_json(staging / MANIFEST, manifest)
     if validate:
         progress.stage("validate")
@@ -339,7 +374,7 @@ def export_bundle(model_spec: str, out: str | Path, *, formats: Sequence[str] = 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; a bundle is as readable as any new directory
-    progress = _Progress(total=4 + len(chosen) + int(validate))
+    progress = _Progress(total=5 + len(chosen) + int(validate))
     placed = False
     try:
         _build(model_spec, staging, chosen, options, golden_steps, validate, progress)

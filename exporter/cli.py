@@ -82,6 +82,9 @@ def _add_run(sub) -> None:
     prompt.add_argument("--prompt", help="prompt text")
     prompt.add_argument("--prompt-ids", help="comma-separated token ids (bundles without a tokenizer)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt as a user message with the chat template")
+    p.add_argument("--image", action="append", default=[], metavar="PATH",
+                   help="an image for the prompt (repeatable; bundles of multimodal checkpoints); it goes where the "
+                        "prompt has <|vision_start|><|image_pad|><|vision_end|>, else in front of the text")
     p.add_argument("--backend", default=None, help="onnx, pte or reference (default: onnx if present)")
     p.add_argument("--model", default=None, help="checkpoint for the reference backend")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -170,7 +173,8 @@ def _run_run(args) -> int:
     session = runtime.load(bundle, backend, model=args.model, threads=args.threads)
     sampling = runtime.Sampling(args.temperature, args.top_k, args.top_p, args.seed)
     prompt = args.prompt if args.prompt is not None else _parse_ids(args.prompt_ids)
-    result = session.generate(prompt, args.max_new_tokens, sampling, chat=args.chat, on_text=_print_piece)
+    result = session.generate(prompt, args.max_new_tokens, sampling, chat=args.chat, on_text=_print_piece,
+                              images=args.image)
     print("" if result.text is not None else ",".join(map(str, result.ids)))
     new = len(result.ids)
     decode_rate = f"{(new - 1) / result.decode_s:.1f}" if new > 1 and result.decode_s > 0 else "-"

@@ -16,6 +16,10 @@ buffer: exact within capacity, sliding-window attention past it, never an
 out-of-bounds write. input_pos = 0 starts a new sequence: the DeltaNet states
 are zeroed in-graph (the runner's reset() calls nothing in the program).
 
+Multimodal checkpoints add a method `forward_with_images` (image embeddings and
+M-RoPE positions in, `ExecuTorchImageDecoder`); both methods' weights share the
+one `model.ptd`.
+
 Weights go to an external `model.ptd`: inside one `.pte` the XNNPACK delegate
 and the portable embedding lookup would each store the tied embedding; the
 external data store de-duplicates identical bytes, so it is stored once.
@@ -36,9 +40,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from exporter.artifact import Artifact, ExportOptions
+from exporter.artifact import IMAGE_METHOD, Artifact, ExportOptions
 from exporter.config import FULL, ModelConfig
-from exporter.model import Qwen35Model, StaticKV
+from exporter.model import Qwen35Model, StaticKV, splice_image_embeds
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +96,15 @@ class ExecuTorchDecoder(nn.Module):
                 self.register_buffer(f"recurrent_{i}", torch.zeros(recurrent, dtype=torch.float32))
 
     def forward(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
+        positions = input_pos[0] + torch.arange(tokens.shape[1])  # [T]: text positions are cache positions
+        return self.step(tokens, input_pos, positions.view(1, -1), None)
+
+    def step(self, tokens: Tensor, input_pos: Tensor, positions: Tensor, embeds: Tensor | None) -> Tensor:
+        """tokens [1, T] from cache slot input_pos[0] on, at rotary positions [1, T] or [3, 1, T]; embeds [1, T, D] or None."""
         steps = tokens.shape[1]
         continuing = input_pos[0] > 0  # False: a new sequence, whose DeltaNet layers start from zero
-        positions = input_pos[0] + torch.arange(steps)  # [T] absolute positions of the new tokens
-        addressing = RingKV.addressing(positions, self.capacity)
+        slots = input_pos[0] + torch.arange(steps)  # [T]: the cache (sequence) index of each new token
+        addressing = RingKV.addressing(slots, self.capacity)
         state = []
         for i, kind in enumerate(self.model.config.layer_types):
             if kind == FULL:
@@ -104,12 +113,31 @@ class ExecuTorchDecoder(nn.Module):
                 # where, not a multiply: a stale NaN times zero would stay NaN.
                 conv, recurrent = getattr(self, f"conv_{i}"), getattr(self, f"recurrent_{i}")
                 state.append((torch.where(continuing, conv, 0.0), torch.where(continuing, recurrent, 0.0)))
-        out = self.model(tokens, state, positions=positions.view(1, -1), last_only=True)
+        ids = tokens if embeds is None else None
+        out = self.model(ids, state, positions=positions, inputs_embeds=embeds, last_only=True)
         for i, kind in enumerate(self.model.config.layer_types):
             if kind != FULL:
                 getattr(self, f"conv_{i}").copy_(out.state[i][0])
                 getattr(self, f"recurrent_{i}").copy_(out.state[i][1])
         return out.logits[:, -1]  # [1, V]
+
+
+class ExecuTorchImageDecoder(ExecuTorchDecoder):
+    """Method `forward_with_images(tokens [1, T], image_embeds [N, D], input_pos [1], positions [3, T])` -> logits [1, V].
+
+    The k-th `<|image_pad|>` of tokens takes row k of image_embeds (`splice_image_embeds`); positions
+    are the M-RoPE (t, h, w) rotary positions, which after an image differ from the cache slots
+    input_pos[0] + i. A session with images runs every call through this method, decode included
+    (it passes one unused image row then); it has its own state, separate from `forward`'s.
+    """
+
+    def __init__(self, model: Qwen35Model, max_seq_len: int, image_token_id: int):
+        super().__init__(model, max_seq_len)
+        self.image_token_id = image_token_id
+
+    def forward(self, tokens: Tensor, image_embeds: Tensor, input_pos: Tensor, positions: Tensor) -> Tensor:
+        embeds = splice_image_embeds(self.model.embed_tokens(tokens), tokens, image_embeds, self.image_token_id)
+        return self.step(tokens, input_pos, positions.unsqueeze(1), embeds)
 
 
 def metadata(config: ModelConfig, options: ExportOptions) -> dict[str, object]:
@@ -135,12 +163,32 @@ def metadata(config: ModelConfig, options: ExportOptions) -> dict[str, object]:
 
 
 def export_program(model: Qwen35Model, options: ExportOptions) -> torch.export.ExportedProgram:
-    """torch.export with a dynamic T in [1, prefill_chunk]; the qwen35:: ops stay single nodes."""
+    """torch.export of `forward` with a dynamic T in [1, prefill_chunk]; the qwen35:: ops stay single nodes."""
     wrapper = ExecuTorchDecoder(model, options.max_seq_len).eval()
     steps = torch.export.Dim("T", min=1, max=options.prefill_chunk)
     example = (torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, dtype=torch.long))
     with torch.no_grad():
         return torch.export.export(wrapper, example, dynamic_shapes=({1: steps}, None), strict=False)
+
+
+def export_image_program(model: Qwen35Model, config: ModelConfig, options: ExportOptions) -> torch.export.ExportedProgram:
+    """torch.export of `forward_with_images`: dynamic T and image rows N, each in [1, prefill_chunk]."""
+    wrapper = ExecuTorchImageDecoder(model, options.max_seq_len, config.image_token_id).eval()
+    steps = torch.export.Dim("T", min=1, max=options.prefill_chunk)
+    rows = torch.export.Dim("N", min=1, max=options.prefill_chunk)
+    example = (torch.zeros(1, 2, dtype=torch.long), torch.zeros(2, config.text.hidden_size),
+               torch.zeros(1, dtype=torch.long), torch.zeros(3, 2, dtype=torch.long))
+    dynamic = ({1: steps}, {0: rows}, None, {1: steps})
+    with torch.no_grad():
+        return torch.export.export(wrapper, example, dynamic_shapes=dynamic, strict=False)
+
+
+def export_programs(model: Qwen35Model, config: ModelConfig, options: ExportOptions) -> dict[str, torch.export.ExportedProgram]:
+    """{method: program}: `forward`, and `forward_with_images` for a checkpoint with a vision tower."""
+    programs = {"forward": export_program(model, options)}
+    if config.vision is not None:
+        programs[IMAGE_METHOD] = export_image_program(model, config, options)
+    return programs
 
 
 def lower_custom_ops(program: torch.export.ExportedProgram, options: ExportOptions) -> torch.export.ExportedProgram:
@@ -315,6 +363,19 @@ class _capture_logs:
         self.logger.propagate = self.old_propagate
 
 
+def methods(config: ModelConfig) -> dict[str, dict[str, list[str]]]:
+    """The manifest's description of the program's methods (constant methods aside)."""
+    described = {"forward": {"inputs": ["tokens int64 [1, T]", "input_pos int64 [1]"], "outputs": ["logits float32 [1, V]"]}}
+    if config.vision is not None:
+        described[IMAGE_METHOD] = {
+            "inputs": ["tokens int64 [1, T]", "image_embeds float32 [N, D]", "input_pos int64 [1]", "positions int64 [3, T]"],
+            "outputs": ["logits float32 [1, V]"],
+            "image_token_id": config.image_token_id,
+            "state": "its own, separate from forward's: run a whole image session through this method",
+        }
+    return described
+
+
 # ---------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------
@@ -332,16 +393,16 @@ def export_executorch(model: Qwen35Model, config: ModelConfig, out_dir: Path, op
         return result
 
     meta = metadata(config, options)
-    program = stage("export", export_program, model, options)
-    program = stage("lower custom ops", lower_custom_ops, program, options)
-    program = stage("tag weights", tag_external_weights, program)
-    edge, notes = stage("to_edge + XNNPACK", lower_to_xnnpack, program, meta)
+    programs = stage("export", export_programs, model, config, options)
+    programs = stage("lower custom ops", lambda: {k: lower_custom_ops(p, options) for k, p in programs.items()})
+    programs = stage("tag weights", lambda: {k: tag_external_weights(p) for k, p in programs.items()})
+    edge, notes = stage("to_edge + XNNPACK", lower_to_xnnpack, programs, meta)
     report = delegation_report(edge, notes)
     et_program = stage("to_executorch", to_executorch_program, edge)
     files = stage("write", write_program, et_program, Path(out_dir))
     timings["total"] = round(time.perf_counter() - start, 2)
     details = {
-        "methods": {"forward": {"inputs": ["tokens int64 [1, T]", "input_pos int64 [1]"], "outputs": ["logits float32 [1, V]"]}},
+        "methods": methods(config),
         "constant_methods": meta,
         "prefill_chunk": options.prefill_chunk,
         "max_seq_len": options.max_seq_len,

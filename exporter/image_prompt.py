@@ -31,7 +31,7 @@ from torch import Tensor
 
 from exporter.config import ModelConfig
 from exporter.errors import InputError
-from exporter.model import Qwen35Model
+from exporter.model import Qwen35Model, splice_image_embeds
 from exporter.vision import check_grid, num_image_tokens
 
 
@@ -153,6 +153,5 @@ def build_image_prompt(
             f"image prompt: image embeddings of shapes {[tuple(e.shape) for e in images]}, expected {expected} "
             "from the grids; pass the vision tower's output for each image, in prompt order"
         )
-    mask = input_ids[0] == config.image_token_id  # [T]
-    embeds[0, mask] = torch.cat(images)  # the image tokens, in prompt order
+    embeds = splice_image_embeds(embeds, input_ids, torch.cat(images), config.image_token_id)
     return ImagePrompt(input_ids, embeds, positions[:, None].to(device), next_position)

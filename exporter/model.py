@@ -8,7 +8,7 @@ lowerings replace. The model is functional in its state: `forward` takes the
 per-layer state and returns the next one, so the same code serves eager
 reference runs, ExecuTorch's mutable buffers and ONNX's explicit state I/O.
 
-Not here: the vision tower, checkpoint loading (`exporter.checkpoint`), sampling.
+Not here: the vision tower (only `splice_image_embeds`, which puts its output into a prompt), checkpoint loading (`exporter.checkpoint`), sampling.
 
 Shapes: B batch, T new tokens, P tokens already in the cache, D hidden,
 H/Hkv attention heads/KV heads of size Dh, Hk/Hv DeltaNet key/value heads of
@@ -49,6 +49,19 @@ def mean_last(x: Tensor) -> Tensor:
     """
     mean = x.reshape(1, -1, x.shape[-1], 1).mean(dim=(-2, -1), keepdim=True)  # [1, N, 1, 1]
     return mean.reshape(-1, 1) if x.dim() == 2 else mean.reshape(x.shape[0], -1, *x.shape[2:-1], 1)  # [..., 1]
+
+
+def splice_image_embeds(embeds: Tensor, ids: Tensor, image_embeds: Tensor, image_token_id: int) -> Tensor:
+    """embeds [B, T, D] with the k-th `image_token_id` of ids [B, T] (row-major) replaced by image_embeds[k].
+
+    image_embeds [N, D] holds at least as many rows as ids has image tokens. Tensor ops only
+    (a cumulative count and a gather), so the exported decoders take image embeddings next to
+    the token ids: text embeddings come from the graph's own table, never a host-side copy.
+    """
+    is_image = (ids == image_token_id).reshape(-1).to(torch.long)  # [B T]
+    index = (torch.cumsum(is_image, 0) * is_image).view(ids.shape)  # [B, T]: 0 for text, k for image token k
+    table = torch.cat([image_embeds.new_zeros(1, embeds.shape[-1]), image_embeds.to(embeds.dtype)])  # [N + 1, D]
+    return torch.where(index.unsqueeze(-1) > 0, F.embedding(index, table), embeds)
 
 
 def mean_square(x: Tensor) -> Tensor:

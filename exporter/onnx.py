@@ -18,7 +18,10 @@ Quantized schemes (`ExportOptions.quant`) trace the fp32 model and then rewrite 
 embedding into ONNX Runtime's MatMulNBits / GatherBlockQuantized (`exporter.quantize_onnx`), so
 they need the `ort` profile.
 
-Not here: the vision tower (text decoder only), the scheme policy (`exporter.quantize`), running
+Multimodal checkpoints: the decoder takes an optional `image_embeds` [N, D] input
+(`OnnxImageDecoder`); the vision tower is its own model (`exporter.vision_export`).
+
+Not here: the vision tower, the scheme policy (`exporter.quantize`), running
 the model (`runtime/`), the manifest (`exporter.bundle`).
 """
 
@@ -34,15 +37,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 import torch
 from torch import Tensor, nn
 
 from exporter import onnx_ops
-from exporter.artifact import Artifact, ExportOptions, state_names
+from exporter.artifact import IMAGE_EMBEDS, Artifact, ExportOptions, state_names
 from exporter.config import FULL, ModelConfig
 from exporter.errors import QwenEdgeError
-from exporter.model import Qwen35Model
+from exporter.model import Qwen35Model, splice_image_embeds
 from exporter.quantize import check_format, check_shapes
 from exporter.quantize_onnx import quantize_onnx
 
@@ -53,7 +57,7 @@ MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 # One protobuf file holds at most 2 GiB; keep 64 MiB of it for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
-_DIM_NAMES = ("batch", "sequence", "past_sequence")  # B, T, P in the I/O shapes
+_DIM_NAMES = ("batch", "sequence", "past_sequence", "image_tokens")  # B, T, P, N in the I/O shapes
 
 
 class OnnxExportError(QwenEdgeError):
@@ -75,8 +79,10 @@ class OnnxDecoder(nn.Module):
         self.model = model
 
     def forward(self, input_ids: Tensor, position_ids: Tensor, *past: Tensor) -> tuple[Tensor, ...]:
+        return self.decode(self.model.embed_tokens(input_ids), position_ids, past)
+
+    def decode(self, x: Tensor, position_ids: Tensor, past: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         m = self.model
-        x = m.embed_tokens(input_ids)  # [B, T, D]
         rope = m.rotary(position_ids, x.dtype)  # cos, sin [B, T, rotary_dim]
         present = []
         for i, layer in enumerate(m.layers):
@@ -86,10 +92,27 @@ class OnnxDecoder(nn.Module):
         return (logits, *present)
 
 
+class OnnxImageDecoder(OnnxDecoder):
+    """The decoder of a multimodal checkpoint: `image_embeds` [N, D] fill the prompt's `<|image_pad|>` tokens.
+
+    The k-th image token of `input_ids` (row-major over B, T) takes row k (`splice_image_embeds`).
+    The graph gives `image_embeds` a default of zero rows, so text-only callers leave it out.
+    """
+
+    def __init__(self, model: Qwen35Model, image_token_id: int):
+        super().__init__(model)
+        self.image_token_id = image_token_id
+
+    def forward(self, input_ids: Tensor, position_ids: Tensor, image_embeds: Tensor, *past: Tensor) -> tuple[Tensor, ...]:
+        x = splice_image_embeds(self.model.embed_tokens(input_ids), input_ids, image_embeds, self.image_token_id)
+        return self.decode(x, position_ids, past)
+
+
 def io_names(config: ModelConfig) -> tuple[list[str], list[str]]:
     """Input and output names in graph order, as `exporter.artifact` documents them."""
     parts = state_names(config.text)
-    inputs = ["input_ids", "position_ids"] + [f"past_key_values.{i}.{part}" for i, part in parts]
+    images = [IMAGE_EMBEDS] if config.vision is not None else []
+    inputs = ["input_ids", "position_ids", *images] + [f"past_key_values.{i}.{part}" for i, part in parts]
     outputs = ["logits"] + [f"present.{i}.{part}" for i, part in parts]
     return inputs, outputs
 
@@ -119,6 +142,7 @@ def export_onnx(model: Qwen35Model, config: ModelConfig, out_dir: Path, options:
     _name_dynamic_dims(onnx_model)
     recipe = options.recipe
     quantized = quantize_onnx(onnx_model, model, recipe) if recipe.weight_bits else None
+    _default_to_no_images(onnx_model)
     external = _weight_bytes(onnx_model) > EXTERNAL_DATA_THRESHOLD
     save_atomically(onnx_model, Path(out_dir), MODEL_FILE, DATA_FILE if external else None)
     logger.info("ONNX export: wrote %s in %.0f s", Path(out_dir) / MODEL_FILE, time.perf_counter() - start)
@@ -187,12 +211,17 @@ def _trace(model: Qwen35Model, config: ModelConfig, options: ExportOptions) -> t
         state_shapes += [{0: batch_dim, 2: past_dim}] * 2 if kind == FULL else [{0: batch_dim}] * 2
     input_ids = torch.zeros(batch, steps, dtype=torch.long)
     positions = (past + torch.arange(steps)).expand(3, batch, steps)  # [3, B, T]
-    dynamic_shapes = ({0: batch_dim, 1: steps_dim}, {1: batch_dim, 2: steps_dim}, tuple(state_shapes))
+    inputs, dynamic_shapes = [input_ids, positions], [{0: batch_dim, 1: steps_dim}, {1: batch_dim, 2: steps_dim}]
+    decoder = OnnxDecoder(model)
+    if config.vision is not None:
+        decoder = OnnxImageDecoder(model, config.image_token_id)
+        inputs.append(torch.zeros(2, config.text.hidden_size))
+        dynamic_shapes.append({0: torch.export.Dim("image_tokens", min=0, max=options.prefill_chunk)})
     with torch.no_grad():
         return torch.export.export(
-            OnnxDecoder(model).eval(),
-            (input_ids, positions, *example_state(config, batch, past)),
-            dynamic_shapes=dynamic_shapes,
+            decoder.eval(),
+            (*inputs, *example_state(config, batch, past)),
+            dynamic_shapes=(*dynamic_shapes, tuple(state_shapes)),
             strict=False,
         )
 
@@ -238,6 +267,7 @@ def _name_dynamic_dims(model) -> None:
     first_key = next((v for v in graph.inputs if v.name.endswith(".key")), None)
     symbols = [inputs["input_ids"].shape[0], inputs["input_ids"].shape[1]]
     symbols.append(first_key.shape[2] if first_key is not None else None)
+    symbols.append(inputs[IMAGE_EMBEDS].shape[0] if IMAGE_EMBEDS in inputs else None)
     renames = {str(sym.value): name for sym, name in zip(symbols, _DIM_NAMES) if sym is not None and sym.value}
     pattern = re.compile(r"\b(" + "|".join(map(re.escape, renames)) + r")\b")
 
@@ -257,6 +287,18 @@ def _name_dynamic_dims(model) -> None:
     for node in RecursiveGraphIterator(graph):
         for value in node.outputs:
             rename(value)
+
+
+def _default_to_no_images(model) -> None:
+    """Give the `image_embeds` input a default of zero rows, so text-only callers may leave it out.
+
+    ONNX lets a graph input share its name with an initializer: the initializer is the value
+    used when the caller feeds nothing (ONNX Runtime lists it in `get_overridable_initializers`).
+    """
+    value = next((v for v in model.graph.inputs if v.name == IMAGE_EMBEDS), None)
+    if value is not None:
+        value.const_value = ir.tensor(np.zeros((0, value.shape[1]), dtype=np.float32), name=IMAGE_EMBEDS)
+        model.graph.register_initializer(value)
 
 
 def _weight_bytes(model) -> int:
@@ -310,12 +352,14 @@ def _describe(model, config: ModelConfig, options: ExportOptions, external: bool
         "logits": "last position only",
         "prefill_chunk": options.prefill_chunk,
         "max_seq_len": options.max_seq_len,
-        "dims": {"batch": "B", "sequence": f"T, 1..{options.prefill_chunk} per call", "past_sequence": "P, cached tokens"},
+        "dims": {"batch": "B", "sequence": f"T, 1..{options.prefill_chunk} per call", "past_sequence": "P, cached tokens",
+                 **({"image_tokens": "N, image tokens in this call"} if config.vision is not None else {})},
         "op_counts": {domain: dict(sorted(c.items())) for domain, c in sorted(counts.items())},
         "ops": onnx_ops.lowering_report(options.onnx_profile, options.prefill_chunk),
         "external_data": external,
         "weight_bytes": _weight_bytes(model),
-        "vision_tower": "not exported (text decoder only)" if config.vision is not None else "none",
+        "image_embeds": (f"optional input {IMAGE_EMBEDS} [N, D] (default: no rows): row k replaces the k-th "
+                         f"image token (id {config.image_token_id}) of input_ids" if config.vision is not None else None),
         "toolchain": _toolchain(),
     }
 

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from exporter.artifact import Artifact, ExportOptions
 from exporter.errors import QwenEdgeError
 from exporter.quantize import SCHEMES
+from exporter.config import VisionConfig
 from exporter.vision import VisionTower
 
 VISION_ONNX, VISION_PTE = "vision.onnx", "vision.pte"
@@ -91,6 +92,32 @@ def io_spec(tower: VisionTower, max_tokens: int) -> dict[str, Any]:
         "max_pixels": max_tokens * factor * factor,
         "patch_order": "frame-major, then merge blocks row-major, then row-major inside a block",
         "tables": "exporter.vision.grid_tables (runtime.image computes them for an image)",
+    }
+
+
+def image_processor(checkpoint: Path | None, v: VisionConfig, max_pixels: int) -> dict[str, Any]:
+    """`runtime.image.ImageSpec` fields for this tower: the checkpoint's preprocessor_config.json, else Qwen3.5's.
+
+    The pixel budget is capped at what the exported encoder takes (`max_pixels`).
+    """
+    import json
+
+    from runtime.image import ImageSpec
+
+    spec = ImageSpec()
+    path = Path(checkpoint) / "preprocessor_config.json" if checkpoint is not None else None
+    raw = json.loads(path.read_text()) if path is not None and path.is_file() else {}
+    size = raw.get("size") or {}
+    low = int(raw.get("min_pixels") or size.get("shortest_edge") or spec.min_pixels)
+    high = min(int(raw.get("max_pixels") or size.get("longest_edge") or spec.max_pixels), max_pixels)
+    return {
+        "patch_size": v.patch_size,
+        "temporal_patch_size": v.temporal_patch_size,
+        "merge_size": v.spatial_merge_size,
+        "min_pixels": min(low, high),
+        "max_pixels": high,
+        "mean": list(raw.get("image_mean") or spec.mean),
+        "std": list(raw.get("image_std") or spec.std),
     }
 
 

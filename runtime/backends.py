@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.artifact import state_names
+from exporter.artifact import IMAGE_EMBEDS, IMAGE_METHOD, state_names
 from runtime.bundle import Bundle
 from runtime.errors import BundleError
 
@@ -62,8 +62,14 @@ class Backend(abc.ABC):
         """Forget the sequence: the next call starts at position 0."""
 
     @abc.abstractmethod
-    def forward(self, ids: np.ndarray, pos: int) -> np.ndarray:
-        """ids int64 [T] at positions pos..pos+T-1 (1 <= T <= max_chunk) -> logits float32 [V] of the last."""
+    def forward(self, ids: np.ndarray, pos: int, *, positions: np.ndarray | None = None,
+                image_embeds: np.ndarray | None = None) -> np.ndarray:
+        """ids int64 [T] at cache slots pos..pos+T-1 (1 <= T <= max_chunk) -> logits float32 [V] of the last.
+
+        Image sequences (multimodal bundles) pass, on every call of the sequence, positions int64
+        [3, T] (the M-RoPE rotary positions, which after an image differ from the slots) and
+        image_embeds float32 [N, D] (N >= the image tokens in ids; row k fills the k-th).
+        """
 
     def state(self) -> dict[str, np.ndarray] | None:
         """The carried state as `{"{layer}.{part}": array}` in the ONNX layout, where the engine exposes it."""
@@ -73,20 +79,31 @@ class Backend(abc.ABC):
 class ReferenceBackend(Backend):
     name = "reference"
 
-    def __init__(self, model, max_chunk: int, capacity: int):
+    def __init__(self, model, max_chunk: int, capacity: int, image_token_id: int | None = None):
         self.model, self.max_chunk, self.capacity = model, max_chunk, capacity
+        self.image_token_id = image_token_id
         self._state = None
 
     def reset(self) -> None:
         self._state = None
 
-    def forward(self, ids: np.ndarray, pos: int) -> np.ndarray:
+    def forward(self, ids: np.ndarray, pos: int, *, positions: np.ndarray | None = None,
+                image_embeds: np.ndarray | None = None) -> np.ndarray:
         import torch
 
+        from exporter.model import splice_image_embeds
+
         tokens = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).view(1, -1)  # [1, T]
-        positions = torch.arange(pos, pos + tokens.shape[1]).view(1, -1)  # [1, T]
+        if positions is None:
+            rope = torch.arange(pos, pos + tokens.shape[1]).view(1, -1)  # [1, T]
+        else:
+            rope = torch.from_numpy(np.ascontiguousarray(positions, dtype=np.int64)).view(3, 1, -1)  # [3, 1, T]
         with torch.no_grad():
-            out = self.model(tokens, self._state, positions=positions)
+            embeds = None
+            if image_embeds is not None:
+                rows = torch.from_numpy(np.ascontiguousarray(image_embeds, dtype=np.float32))
+                embeds = splice_image_embeds(self.model.embed_tokens(tokens), tokens, rows, self.image_token_id)
+            out = self.model(None if embeds is not None else tokens, self._state, positions=rope, inputs_embeds=embeds)
         self._state = out.state
         return out.logits[0, -1].float().numpy()
 
@@ -113,6 +130,9 @@ class OnnxBackend(Backend):
         options.intra_op_num_threads = threads  # ORT's default spawns one per logical core: set it explicitly
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Errors only: a multimodal decoder's optional image_embeds input (a graph input with a default
+        # initializer) makes ORT warn on every load that it cannot constant-fold it, which is intended.
+        options.log_severity_level = 3
         path = bundle.file(artifact["files"][0]["path"])
         try:
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -121,6 +141,7 @@ class OnnxBackend(Backend):
         self._ort = ort
         self._names = [(i, part) for i, part in state_names(bundle.config.text)]
         self._inputs = {i.name: i for i in self._session.get_inputs()}
+        self._takes_images = IMAGE_EMBEDS in {i.name for i in self._session.get_overridable_initializers()} | set(self._inputs)
         self._text = bundle.config.text
         self.reset()
 
@@ -141,12 +162,20 @@ class OnnxBackend(Backend):
     def reset(self) -> None:
         self._past = {f"past_key_values.{i}.{p}": self._empty(i, p) for i, p in self._names}
 
-    def forward(self, ids: np.ndarray, pos: int) -> np.ndarray:
+    def forward(self, ids: np.ndarray, pos: int, *, positions: np.ndarray | None = None,
+                image_embeds: np.ndarray | None = None) -> np.ndarray:
         T = len(ids)
         feeds = dict(self._past)
         feeds["input_ids"] = self._ort.OrtValue.ortvalue_from_numpy(np.asarray(ids, dtype=np.int64).reshape(1, T))
-        positions = np.broadcast_to(np.arange(pos, pos + T, dtype=np.int64), (3, 1, T))
-        feeds["position_ids"] = self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(positions))
+        if positions is None:
+            positions = np.broadcast_to(np.arange(pos, pos + T, dtype=np.int64), (3, T))
+        rope = np.ascontiguousarray(np.asarray(positions, dtype=np.int64).reshape(3, 1, T))
+        feeds["position_ids"] = self._ort.OrtValue.ortvalue_from_numpy(rope)
+        if image_embeds is not None:
+            if not self._takes_images:
+                raise BundleError("model.onnx: has no image_embeds input; export a multimodal checkpoint for image prompts")
+            rows = np.ascontiguousarray(image_embeds, dtype=np.float32)
+            feeds[IMAGE_EMBEDS] = self._ort.OrtValue.ortvalue_from_numpy(rows)
         outputs = ["logits"] + [f"present.{i}.{p}" for i, p in self._names]
         values = self._session.run_with_ort_values(outputs, feeds)
         self._past = {f"past_key_values.{i}.{p}": v for (i, p), v in zip(self._names, values[1:], strict=True)}
@@ -181,16 +210,38 @@ class PteBackend(Backend):
             raise BundleError(f"{path}: ExecuTorch cannot load it ({str(err).splitlines()[0]})") from err
         if method is None:
             raise BundleError(f"{path}: has no 'forward' method; the file does not follow exporter/artifact.py")
-        self._method, self._torch = method, torch
+        self._program, self._method, self._image_method, self._torch = program, method, None, torch
+        self._path, self._hidden = path, bundle.config.text.hidden_size
 
     def reset(self) -> None:
         """Nothing to drop here: the next call passes input_pos = 0, which the program takes as a new sequence."""
 
-    def forward(self, ids: np.ndarray, pos: int) -> np.ndarray:
+    def forward(self, ids: np.ndarray, pos: int, *, positions: np.ndarray | None = None,
+                image_embeds: np.ndarray | None = None) -> np.ndarray:
         torch = self._torch
         tokens = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).view(1, -1)  # [1, T]
-        (logits,) = self._method.execute([tokens, torch.tensor([pos], dtype=torch.int64)])[:1]
+        input_pos = torch.tensor([pos], dtype=torch.int64)
+        if positions is None and image_embeds is None:
+            (logits,) = self._method.execute([tokens, input_pos])[:1]
+            return logits.float().numpy()[0]
+        # An image sequence: every call goes through forward_with_images, which keeps its own state.
+        if positions is None:
+            positions = np.broadcast_to(np.arange(pos, pos + tokens.shape[1], dtype=np.int64), (3, tokens.shape[1]))
+        if image_embeds is None or len(image_embeds) == 0:
+            image_embeds = np.zeros((1, self._hidden), dtype=np.float32)  # the method takes at least one row
+        rope = torch.from_numpy(np.ascontiguousarray(positions, dtype=np.int64)).view(3, -1)  # [3, T]
+        rows = torch.from_numpy(np.ascontiguousarray(image_embeds, dtype=np.float32))
+        (logits,) = self._images().execute([tokens, rows, input_pos, rope])[:1]
         return logits.float().numpy()[0]
+
+    def _images(self):
+        """The program's `forward_with_images` method, loaded on first use (its own buffers and delegate)."""
+        if self._image_method is None:
+            if IMAGE_METHOD not in self._program.method_names:
+                raise BundleError(f"{self._path}: has no {IMAGE_METHOD!r} method; export a multimodal checkpoint "
+                                  "for image prompts")
+            self._image_method = self._program.load_method(IMAGE_METHOD)
+        return self._image_method
 
 
 def _limits(bundle: Bundle, artifact: dict) -> tuple[int, int]:
@@ -259,7 +310,8 @@ def make_backend(bundle: Bundle, name: str, *, model=None, threads: int | None =
             torch.set_num_threads(threads)  # process-wide: PyTorch has no per-model thread pool
         if model is None or isinstance(model, (str, Path)):
             model = reference_model(bundle, model)
-        return ReferenceBackend(model, int(bundle.export["prefill_chunk"]), int(bundle.export["max_seq_len"]))
+        return ReferenceBackend(model, int(bundle.export["prefill_chunk"]), int(bundle.export["max_seq_len"]),
+                                bundle.config.image_token_id)
     threads = threads or physical_cores()
     if name == "onnx":
         return OnnxBackend(bundle, threads)

@@ -62,6 +62,10 @@ def file_entries(manifest: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]
     for i, artifact in enumerate(manifest.get("artifacts", [])):
         for j, entry in enumerate(artifact.get("files", []) if isinstance(artifact, dict) else []):
             yield f"artifacts[{i}].files[{j}]", entry
+    vision = manifest.get("vision") or {}
+    for i, artifact in enumerate(vision.get("artifacts", []) if isinstance(vision, dict) else []):
+        for j, entry in enumerate(artifact.get("files", []) if isinstance(artifact, dict) else []):
+            yield f"vision.artifacts[{i}].files[{j}]", entry
     for j, entry in enumerate(manifest.get("tokenizer", {}).get("files", [])):
         yield f"tokenizer.files[{j}]", entry
     for section in ("golden", "selfcheck", "validation"):
@@ -104,6 +108,18 @@ class Bundle:
                 return artifact
         have = ", ".join(self.formats) or "none"
         raise BundleError(f"{self.root}: holds no {fmt!r} artifact (it has: {have}); export with --format {fmt}")
+
+    def vision_artifact(self, fmt: str) -> dict[str, Any]:
+        """The manifest entry of the vision encoder in format `fmt`: bundles of multimodal checkpoints only."""
+        vision = self.manifest.get("vision")
+        if not vision:
+            raise BundleError(f"{self.root}: has no vision encoder; image prompts need a bundle exported from a "
+                              "multimodal (Qwen3_5ForConditionalGeneration) checkpoint")
+        for artifact in vision["artifacts"]:
+            if artifact["format"] == fmt:
+                return artifact
+        have = ", ".join(a["format"] for a in vision["artifacts"]) or "none"
+        raise BundleError(f"{self.root}: holds no {fmt!r} vision encoder (it has: {have}); export with --format {fmt}")
 
     def file(self, relative: str) -> Path:
         return self.root / relative

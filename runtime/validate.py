@@ -51,6 +51,58 @@ class Oracle:
     state: dict[str, np.ndarray] | None = None
     model: Any = None  # the live Qwen35Model, when there is one
     eval_traces: list[Trace] | None = None  # greedy references from the eval prompts, computed once for all backends
+    image_trace: ImageTrace | None = None  # multimodal bundles: the reference on the image prompt, computed once
+
+    def image_reference(self, bundle: Bundle) -> ImageTrace:
+        if self.image_trace is None:
+            from exporter.checkpoint import load_vision
+            from runtime.backends import ReferenceBackend
+            from runtime.vision import ReferenceVisionEncoder
+
+            backend = ReferenceBackend(self.model, int(bundle.export["prefill_chunk"]),
+                                       int(bundle.export["max_seq_len"]), bundle.config.image_token_id)
+            tower = load_vision(self.name)
+            session = Session(bundle, backend, None, lambda: ReferenceVisionEncoder(bundle, tower))
+            prompt, image = image_prompt(bundle, self.trace)
+            logits = [session.prefill_images(prompt, [image])]
+            tokens = [int(np.argmax(logits[-1]))]
+            for _ in range(self.trace.steps - 1):
+                logits.append(session.decode(tokens[-1]))
+                tokens.append(int(np.argmax(logits[-1])))
+            self.image_trace = ImageTrace(prompt, image, np.stack(logits), np.asarray(tokens))
+        return self.image_trace
+
+
+@dataclass(frozen=True)
+class ImageTrace:
+    """The reference on the validation image prompt: logits after the prompt and each greedy token."""
+
+    prompt_ids: list[int]
+    image: Any  # runtime.image.PixelPatches
+    logits: np.ndarray  # [steps, V]: row 0 after the prompt, row i after greedy token i - 1
+    greedy_ids: np.ndarray  # [steps]
+
+
+def validation_image(size: tuple[int, int] = (96, 144), seed: int = 0):
+    """A fixed synthetic RGB image (gradients, a disc, noise): deterministic, so every run checks the same input."""
+    from PIL import Image
+
+    h, w = size
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    disc = ((y - h / 2) ** 2 + (x - w / 3) ** 2 < (h / 4) ** 2).astype(np.float32)
+    noise = np.random.default_rng(seed).uniform(0, 40, (h, w, 3)).astype(np.float32)
+    rgb = np.stack([255 * x / w, 255 * y / h, 200 * disc], axis=-1) + noise
+    return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+
+
+def image_prompt(bundle: Bundle, trace: Trace):
+    """(ids, patches): the validation image, then the golden prompt, as the chat template lays an image out."""
+    from runtime.image import preprocess
+    from runtime.vision import image_spec
+
+    ids = bundle.manifest["vision"]["token_ids"]
+    prompt = [ids["vision_start"], ids["image"], ids["vision_end"], *map(int, trace.prompt_ids)]
+    return prompt, preprocess(validation_image(), image_spec(bundle))
 
     def eval_greedy(self, eval_set: EvalSet) -> list[Trace]:
         if self.eval_traces is None:
@@ -163,7 +215,28 @@ def _checks(session: Session, oracle: Oracle, tol, eval_set: EvalSet | None, pro
     if eval_set is not None:
         checks.append(_perplexity(session, oracle, eval_set, tol, progress))
         checks.append(_eval_greedy(session, oracle, eval_set, tol, progress))
+    if session.bundle.manifest.get("vision"):
+        checks += _image_checks(session, oracle, tol)
     return checks
+
+
+def _image_checks(session: Session, oracle: Oracle, tol) -> list[Check]:
+    """The image prompt: vision encoder + decoder on this backend against the reference tower + decoder."""
+    if oracle.kind != "checkpoint":
+        return [Check("image prompt", {}, None, "needs the live reference vision tower: pass --model CHECKPOINT")]
+    reference = oracle.image_reference(session.bundle)
+    session.reset()
+    logits = [session.prefill_images(reference.prompt_ids, [reference.image])]
+    for token in reference.greedy_ids[:-1]:  # teacher-forced on the reference's greedy tokens
+        logits.append(session.decode(int(token)))
+    image_tokens = reference.image.num_tokens
+    steps = len(reference.greedy_ids) - 1
+    return [
+        logit_check(f"image prompt ({image_tokens} image tokens): last logits of the prefill",
+                    logits[0][None], reference.logits[:1], tol),
+        logit_check(f"image prompt: logits of {steps} teacher-forced decode steps", np.stack(logits[1:]),
+                    reference.logits[1:], tol),
+    ]
 
 
 def _attribution(backend: str, session: Session, oracle: Oracle, tol, checks: list[Check]) -> tuple[str | None, str | None]:
