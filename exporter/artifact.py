@@ -48,6 +48,7 @@ class ExportOptions:
     group_size: int | None = None  # int4 group size of 4w / 8da4w (default 32); None elsewhere
     embedding_bits: int | None = None  # embedding / tied LM head of 4w / 8da4w: 8 (default) or 4
     onnx_profile: str = "ort"  # "ort" (ONNX Runtime contrib ops) or "portable" (standard ONNX only)
+    vision_max_tokens: int = 1024  # multimodal checkpoints: most tokens one image becomes (about 1 Mpx)
 
     def __post_init__(self):
         recipe = resolve(self.quant, self.group_size, self.embedding_bits)  # raises on a bad name or option

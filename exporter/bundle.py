@@ -234,7 +234,7 @@ def export_vision(source: Source, staging: Path, formats: Sequence[str], options
     written = {}
     for fmt in in_place_formats(formats, options):  # the ExecuTorch export quantizes the tower in place: last
         export = export_vision_onnx if fmt == "onnx" else export_vision_executorch
-        written[fmt] = export(tower, staging, options)
+        written[fmt] = export(tower, staging, options, options.vision_max_tokens)
         _check_artifact(written[fmt], fmt, staging)
     config = source.config
     max_pixels = min(a.details["max_pixels"] for a in written.values())

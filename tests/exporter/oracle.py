@@ -61,6 +61,8 @@ VARIANTS = {
         linear_num_key_heads=4,
         linear_num_value_heads=4,
     ),
+    # One layer of each kind: the cheapest decoder that still has both (end-to-end checks of the exports).
+    "two-layers": dict(num_hidden_layers=2, layer_types=["linear_attention", "full_attention"]),
 }
 
 MOE = dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48)

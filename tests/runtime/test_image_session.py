@@ -1,7 +1,7 @@
 """Image prompts end to end on every backend of a multimodal bundle, against transformers' Qwen3.5.
 
 One bundle (ONNX and ExecuTorch, fp32) is exported from a tiny random-weight
-`Qwen3_5ForConditionalGeneration`: its vision encoders (`vision.onnx`,
+`Qwen3_5ForConditionalGeneration` (one DeltaNet and one attention layer): its vision encoders (`vision.onnx`,
 `vision.pte`) and its decoders' image paths (`image_embeds` input,
 `forward_with_images` method). A Pillow image goes through `runtime.image`,
 the bundle's encoder and decoder, and the logits after the prompt and after
@@ -39,7 +39,7 @@ DECODE_STEPS = 4
 @pytest.fixture(scope="module")
 def multimodal(tmp_path_factory):
     """(transformers model, checkpoint, bundle) of one tiny multimodal model."""
-    hf = build("conditional")
+    hf = build("conditional", variant="two-layers")
     root = tmp_path_factory.mktemp("multimodal")
     checkpoint = save(hf, root / "ckpt")
     # A prefill chunk of 32: the image's 70 tokens span three calls, split mid-image.
