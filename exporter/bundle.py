@@ -374,7 +374,7 @@ def export_bundle(model_spec: str, out: str | Path, *, formats: Sequence[str] = 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; a bundle is as readable as any new directory
-    progress = _Progress(total=5 + len(chosen) + int(validate))
+    progress = _Progress(total=4 + len(chosen) + int(validate))
     placed = False
     try:
         _build(model_spec, staging, chosen, options, golden_steps, validate, progress)
