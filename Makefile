@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/qwen-edge run $(DEMO) --prompt-ids 1,2,3,4,5 --max-new-tokens 12 --backend reference
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
