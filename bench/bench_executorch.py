@@ -42,7 +42,9 @@ from bench import steps  # noqa: E402
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """The step's peak RSS: its own, or its largest finished child's (upstream's export_llm runs as a child)."""
+    peaks = (resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return max(peaks) / 1024  # Linux reports KiB
 
 
 def program_mb(path: Path) -> float:

@@ -105,11 +105,17 @@ def inspect_bundle(path: Path) -> str:
              f"source: {source['kind']} {source['name']}{seed}, model_type {bundle.config.model_type}"]
     lines += describe_config(bundle.config)
     lines.append(f"export: {', '.join(f'{k} {v}' for k, v in m['export'].items())}")
-    for artifact in m["artifacts"]:
+    vision = m.get("vision") or {}
+    tagged = [("artifact", a) for a in m["artifacts"]] + [("vision encoder", a) for a in vision.get("artifacts", [])]
+    for kind, artifact in tagged:
         size = sum(f["size_bytes"] for f in artifact["files"])
-        lines.append(f"artifact {artifact['format']} ({artifact['quant']}, {size / 1e6:.1f} MB):")
+        lines.append(f"{kind} {artifact['format']} ({artifact['quant']}, {size / 1e6:.1f} MB):")
         lines += [f"    {f['path']}  {f['size_bytes']} bytes  sha256 {f['sha256'][:16]}…" for f in artifact["files"]]
         lines += _details(artifact.get("details", {}))
+    if vision:
+        processor = vision["image_processor"]
+        lines.append(f"images: {processor['min_pixels']}..{processor['max_pixels']} px, patch {processor['patch_size']}, "
+                     f"merge {processor['merge_size']}; token ids {vision['token_ids']}")
     tok = m["tokenizer"]
     files = ", ".join(f["path"] for f in tok.get("files", [])) or "none"
     lines.append(f"tokenizer: {files}; eos {tok.get('eos_token_ids')}, pad {tok.get('pad_token_id')}, "

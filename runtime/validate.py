@@ -18,6 +18,7 @@ Not here: the metrics themselves (`runtime.compare`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -72,6 +73,12 @@ class Oracle:
             self.image_trace = ImageTrace(prompt, image, np.stack(logits), np.asarray(tokens))
         return self.image_trace
 
+    def eval_greedy(self, eval_set: EvalSet) -> list[Trace]:
+        if self.eval_traces is None:
+            prompts = [w[:EVAL_PROMPT_LEN] for w in eval_set.windows[:EVAL_PROMPTS]]
+            self.eval_traces = [reference_trace(self.model, p, EVAL_GREEDY_STEPS)[0] for p in prompts]
+        return self.eval_traces
+
 
 @dataclass(frozen=True)
 class ImageTrace:
@@ -103,12 +110,6 @@ def image_prompt(bundle: Bundle, trace: Trace):
     ids = bundle.manifest["vision"]["token_ids"]
     prompt = [ids["vision_start"], ids["image"], ids["vision_end"], *map(int, trace.prompt_ids)]
     return prompt, preprocess(validation_image(), image_spec(bundle))
-
-    def eval_greedy(self, eval_set: EvalSet) -> list[Trace]:
-        if self.eval_traces is None:
-            prompts = [w[:EVAL_PROMPT_LEN] for w in eval_set.windows[:EVAL_PROMPTS]]
-            self.eval_traces = [reference_trace(self.model, p, EVAL_GREEDY_STEPS)[0] for p in prompts]
-        return self.eval_traces
 
 
 @dataclass(frozen=True)
@@ -211,13 +212,29 @@ def _checks(session: Session, oracle: Oracle, tol, eval_set: EvalSet | None, pro
     checks.append(logit_check(f"last logits of a {T}-token prefill in {calls} call(s)",
                               last[None], trace.prompt_logits[-1:], tol))
     checks.append(state_check(state, oracle.state, tol))
-    checks.append(greedy_check(greedy, trace.greedy_ids, tol, trace.greedy_logits))
+    checks.append(golden_greedy_check(greedy, trace, tol))
     if eval_set is not None:
         checks.append(_perplexity(session, oracle, eval_set, tol, progress))
         checks.append(_eval_greedy(session, oracle, eval_set, tol, progress))
     if session.bundle.manifest.get("vision"):
         checks += _image_checks(session, oracle, tol)
     return checks
+
+
+def golden_greedy_check(greedy: np.ndarray, trace: Trace, tol) -> Check:
+    """The greedy continuation of the one golden prompt: it gates exact (fp32) artifacts only.
+
+    For a lossy scheme, one prompt's matching prefix cannot gate: each token agrees with the
+    reference with probability p (its top-1 agreement), so the first difference falls at step
+    k with probability p^k (1 - p), and at p = 0.86 a correct artifact differs within three
+    tokens 36 % of the time. Lossy artifacts are gated by top-1 agreement over the teacher-forced
+    positions above and, with --eval-tokens, by the mean greedy agreement over several prompts.
+    """
+    check = greedy_check(greedy, trace.greedy_ids, tol, trace.greedy_logits)
+    if tol.min_greedy >= 1.0 or check.passed:
+        return check
+    note = f"{check.note}; one prompt does not gate a lossy scheme (its greedy prefix is geometric in the top-1 rate)"
+    return dataclasses.replace(check, passed=None, note=note)
 
 
 def _image_checks(session: Session, oracle: Oracle, tol) -> list[Check]:

@@ -154,3 +154,12 @@ def test_image_rows_are_spread_over_prefill_chunks(multimodal):
     session.prefill_images(_prompt(), [image])
     assert sum(n for _, n, _ in seen) == image.num_tokens
     assert all(pads == rows for _, pads, rows in seen) and len(seen) == int(np.ceil((len(_prompt()) + image.num_tokens - 1) / 32))
+
+
+def test_inspect_lists_the_vision_encoders(multimodal):
+    from exporter.inspect import inspect_any
+
+    _, _, bundle = multimodal
+    text = inspect_any(str(bundle.root))
+    assert "vision encoder onnx (fp32" in text and "vision encoder pte (fp32" in text
+    assert f"'image': {PAD}" in text and "images: 65536..1048576 px" in text
