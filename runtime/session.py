@@ -77,14 +77,13 @@ class Session:
             raise QwenEdgeError(f"prompt: token ids must lie in [0, {vocab}); got {int(ids.min())}..{int(ids.max())}")
         if positions is None and self._rope_shift is not None:  # text after an image prompt: shifted positions
             positions = np.broadcast_to(np.arange(self.pos, self.pos + ids.size) + self._rope_shift, (3, ids.size))
-        is_image = ids == self.bundle.config.image_token_id
         logits, row = None, 0
         for start in range(0, ids.size, self.backend.max_chunk):
             end = min(start + self.backend.max_chunk, ids.size)
             rope = None if positions is None else positions[:, start:end]
             rows = None
-            if image_embeds is not None:
-                count = int(is_image[start:end].sum())
+            if image_embeds is not None:  # this chunk's rows: one per image token in it
+                count = int((ids[start:end] == self.bundle.config.image_token_id).sum())
                 rows, row = image_embeds[row : row + count], row + count
             logits = self.backend.forward(ids[start:end], self.pos, positions=rope, image_embeds=rows)
             self.pos += end - start
