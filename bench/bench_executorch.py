@@ -60,9 +60,22 @@ def step_checkpoint(args) -> dict:
     from exporter.checkpoint import random_model, save_checkpoint
     from exporter.config import preset
 
-    config = preset(args.preset)
+    config = bench_config(args)
     save_checkpoint(config, random_model(config), Path(args.out))
     return {"peak_rss_mb": peak_rss_mb()}
+
+
+def bench_config(args):
+    """The preset, or with --layers N its first N decoder layers (the layer pattern kept): a quicker look."""
+    import dataclasses
+
+    from exporter.config import preset
+
+    config = preset(args.preset)
+    if not args.layers:
+        return config
+    text = dataclasses.replace(config.text, layer_types=config.text.layer_types[: args.layers])
+    return dataclasses.replace(config, text=text)
 
 
 def step_export_ours(args) -> dict:
@@ -156,6 +169,7 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="prefill runs; the best is reported")
     parser.add_argument("--max-seq-len", type=int, default=256, help="KV capacity of both programs")
+    parser.add_argument("--layers", type=int, help="keep only the first N decoder layers (a quicker look; not the issue's figure)")
     parser.add_argument("--work", help="working directory (default: a temporary one, removed after)")
     parser.add_argument("--quick", action="store_true", help="tiny preset, short prompt: a smoke check")
     parser.add_argument("--skip-peer", action="store_true", help="measure ours only")
@@ -209,7 +223,8 @@ def format_report(report: dict, args) -> str:
         ("peak RSS while running, MB", "run_peak_rss_mb"),
     ]
     ours, peer = report["ours"], report.get("peer")
-    lines = [f"{args.preset} fp32, XNNPACK, {args.threads} threads, KV capacity {args.max_seq_len}", ""]
+    shape = f"{args.preset} (first {args.layers} layers)" if args.layers else args.preset
+    lines = [f"{shape} fp32, XNNPACK, {args.threads} threads, KV capacity {args.max_seq_len}", ""]
     lines.append(f"{'':44s} {'ours':>10s} {'peer':>10s} {'ours/peer':>10s}")
     for label, key in rows:
         theirs = f"{peer[key]:10.2f} {ours[key] / peer[key]:10.2f}" if peer else f"{'-':>10s} {'-':>10s}"

@@ -91,7 +91,8 @@ class ExecuTorchDecoder(nn.Module):
                 self.register_buffer(f"value_{i}", torch.zeros(shape, dtype=dtype))
             else:
                 conv = (1, t.conv_dim, t.linear_conv_kernel_dim - 1)
-                recurrent = (1, t.linear_num_value_heads, t.linear_key_head_dim, t.linear_value_head_dim)
+                # held transposed, as S^T [Dv, Dk] per head: the form the delegable delta rule computes in
+                recurrent = (1, t.linear_num_value_heads, t.linear_value_head_dim, t.linear_key_head_dim)
                 self.register_buffer(f"conv_{i}", torch.zeros(conv, dtype=dtype))
                 self.register_buffer(f"recurrent_{i}", torch.zeros(recurrent, dtype=torch.float32))
 
@@ -102,7 +103,12 @@ class ExecuTorchDecoder(nn.Module):
     def step(self, tokens: Tensor, input_pos: Tensor, positions: Tensor, embeds: Tensor | None) -> Tensor:
         """tokens [1, T] from cache slot input_pos[0] on, at rotary positions [1, T] or [3, 1, T]; embeds [1, T, D] or None."""
         steps = tokens.shape[1]
-        continuing = input_pos[0] > 0  # False: a new sequence, whose DeltaNet layers start from zero
+        # 1.0 continues the sequence, 0.0 starts a new one, whose DeltaNet layers start from zero. A
+        # multiply, which XNNPACK runs: a portable `where` on the 1 MB recurrent state took 4.4 ms a
+        # layer, more than the layer's weights. A multiply passes on a stale inf or NaN, but the state
+        # cannot hold one unless the activations themselves overflowed: each step decays it
+        # (exp(g) <= 1, |1 - beta k.k| <= 1 with k L2-normalised) and adds beta v k^T.
+        keep = (input_pos[0] > 0).to(torch.float32).view(1, 1, 1)
         slots = input_pos[0] + torch.arange(steps)  # [T]: the cache (sequence) index of each new token
         addressing = RingKV.addressing(slots, self.capacity)
         state = []
@@ -110,15 +116,14 @@ class ExecuTorchDecoder(nn.Module):
             if kind == FULL:
                 state.append(RingKV(getattr(self, f"key_{i}"), getattr(self, f"value_{i}"), *addressing))
             else:
-                # where, not a multiply: a stale NaN times zero would stay NaN.
                 conv, recurrent = getattr(self, f"conv_{i}"), getattr(self, f"recurrent_{i}")
-                state.append((torch.where(continuing, conv, 0.0), torch.where(continuing, recurrent, 0.0)))
+                state.append((conv * keep.to(conv.dtype), (recurrent * keep.unsqueeze(0)).transpose(-1, -2)))
         ids = tokens if embeds is None else None
         out = self.model(ids, state, positions=positions, inputs_embeds=embeds, last_only=True)
         for i, kind in enumerate(self.model.config.layer_types):
             if kind != FULL:
                 getattr(self, f"conv_{i}").copy_(out.state[i][0])
-                getattr(self, f"recurrent_{i}").copy_(out.state[i][1])
+                getattr(self, f"recurrent_{i}").copy_(out.state[i][1].transpose(-1, -2))
         return out.logits[:, -1]  # [1, V]
 
 
@@ -203,7 +208,7 @@ def lower_custom_ops(program: torch.export.ExportedProgram, options: ExportOptio
         torch.ops.qwen35.moe.default: moe,
         torch.ops.aten.softplus.default: _softplus,
     }
-    return dynamic_views_as_minus_one(program.run_decompositions(table))
+    return dedupe(fold_round_trips(dynamic_views_as_minus_one(program.run_decompositions(table))))
 
 
 def _softplus(x: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
@@ -236,6 +241,112 @@ def dynamic_views_as_minus_one(program: torch.export.ExportedProgram) -> torch.e
     graph.eliminate_dead_code()
     program.graph_module.recompile()
     return program
+
+
+def fold_round_trips(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """Drop layout round trips: permute pairs that undo each other, and view chains back to their source's shape.
+
+    - The recurrent state is held as S^T and the delta rule computes in S^T, but the op between
+      them speaks S: without this each step would transpose the 1 MB state on the way in and out.
+    - A conv weight reaches the conv through squeeze and unsqueeze; XNNPACK takes a conv only
+      when its weight is the parameter itself.
+    """
+    replaced = {}
+    for node in program.graph.nodes:
+        source = _round_trip_source(node)
+        if source is not None:
+            replaced[node] = replaced.get(source, source)
+    _replace(program, replaced)
+    return program
+
+
+def dedupe(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """Common-subexpression elimination: compute each pure op on the same inputs once.
+
+    Every DeltaNet layer builds the same position tables and masks from T (the delta rule's pair
+    tables and doubling masks), every attention layer the same cache addressing: about one node in
+    eight. Export time grows with the node count (each ExecuTorch and XNNPACK pass retraces the
+    graph), so they are dropped before lowering. The graph is functional here (mutations are graph
+    outputs), so only in-place ops and asserts, which return nothing, are left alone.
+    """
+    graph, seen, replaced = program.graph, {}, {}
+    for node in graph.nodes:
+        if node.op != "call_function" or not _is_pure(node.target):
+            continue
+        key = (node.target, _canonical(node.args, replaced), _canonical(node.kwargs, replaced))
+        first = seen.setdefault(key, node)
+        if first is not node:
+            replaced[node] = first
+    _replace(program, replaced)
+    return program
+
+
+def _is_pure(target) -> bool:
+    name = getattr(target, "__name__", str(target))
+    return not name.split(".")[0].endswith("_") and "assert" not in name
+
+
+def _canonical(value, replaced):
+    if isinstance(value, torch.fx.Node):
+        return ("node", replaced.get(value, value).name)
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_canonical(v, replaced) for v in value))
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted((k, _canonical(v, replaced)) for k, v in value.items())))
+    return (type(value).__name__, repr(value))
+
+
+def _replace(program: torch.export.ExportedProgram, replaced: dict) -> None:
+    """Point every use of each key node at its value, in the graph and in the signature's outputs."""
+    for node, source in replaced.items():
+        node.replace_all_uses_with(source)
+        for spec in program.graph_signature.output_specs:  # a graph output is named in the signature
+            if getattr(spec.arg, "name", None) == node.name:
+                spec.arg.name = source.name
+    program.graph.eliminate_dead_code()
+    program.graph_module.recompile()
+
+
+def _round_trip_source(node: torch.fx.Node) -> torch.fx.Node | None:
+    """The node that `node` is the same tensor as, through a layout round trip, else None."""
+    outer = _permutation(node)
+    if outer is not None:
+        inner = node.args[0]
+        p = _permutation(inner) if isinstance(inner, torch.fx.Node) else None
+        if p is not None and len(p) == len(outer) and all(p[outer[i]] == i for i in range(len(outer))):
+            return inner.args[0]
+        return None
+    if not _is_view(node):
+        return None
+    source = node.args[0]
+    while _is_view(source):
+        source = source.args[0]
+    shape, origin = node.meta["val"].shape, source.meta.get("val")
+    static = all(isinstance(size, int) for size in shape)
+    if static and isinstance(origin, torch.Tensor) and origin.shape == shape and origin.dtype == node.meta["val"].dtype:
+        return source
+    return None
+
+
+def _permutation(node: torch.fx.Node) -> list[int] | None:
+    """The dims of a permute or transpose node (out dim i is in dim p[i]), else None."""
+    if node.op != "call_function" or node.target not in (_PERMUTE, _TRANSPOSE):
+        return None
+    rank = node.meta["val"].dim()
+    if node.target == _PERMUTE:
+        return [d % rank for d in node.args[1]]
+    a, b = (d % rank for d in node.args[1:3])
+    dims = list(range(rank))
+    dims[a], dims[b] = b, a
+    return dims
+
+
+def _is_view(node) -> bool:
+    return isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target in _VIEW_LIKE
+
+
+_PERMUTE, _TRANSPOSE = torch.ops.aten.permute.default, torch.ops.aten.transpose.int
+_VIEW_LIKE = (*_VIEWS, torch.ops.aten.squeeze.dim, torch.ops.aten.squeeze.dims, torch.ops.aten.unsqueeze.default)
 
 
 def tag_external_weights(program: torch.export.ExportedProgram, tag: str = _WEIGHTS_TAG) -> torch.export.ExportedProgram:

@@ -232,11 +232,17 @@ class Attention(nn.Module):
             values = torch.cat((state[1], v), dim=2)  # [B, Hkv, P+T, Dh]
             mask = causal_mask(keys.shape[2] - T, T, x.device)  # [T, P+T]
             next_state = (keys, values)
+        # Query head i reads KV head i // rep. The rep query heads of a KV head go in as T*rep rows
+        # (token-major) against the unexpanded cache: expanding the cache to H heads copied it every
+        # step. Written out rather than through SDPA so that the rows stay in this order.
         rep = self.h // self.hkv
-        keys = keys.repeat_interleave(rep, dim=1)  # [B, H, S, Dh]: query head i reads KV head i // rep
-        values = values.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.dh**-0.5)  # [B, H, T, Dh]
-        out = out.transpose(1, 2).reshape(B, T, -1) * torch.sigmoid(gate.reshape(B, T, -1))
+        rows = q.view(B, self.hkv, rep, T, self.dh).transpose(2, 3).reshape(B, self.hkv, -1, self.dh)  # [B, Hkv, T*rep, Dh]
+        bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill(~mask, float("-inf"))  # [T, S]
+        bias = bias.unsqueeze(1).expand(-1, rep, -1).reshape(-1, bias.shape[-1])  # [T*rep, S]
+        scores = torch.matmul(rows, keys.transpose(2, 3)) * self.dh**-0.5 + bias  # [B, Hkv, T*rep, S]
+        out = torch.matmul(torch.softmax(scores.float(), dim=-1).to(values.dtype), values)  # [B, Hkv, T*rep, Dh]
+        out = out.view(B, self.hkv, -1, rep * self.dh).transpose(1, 2).reshape(B, T, -1)  # [B, T, H*Dh]
+        out = out * torch.sigmoid(gate.reshape(B, T, -1))
         return self.o_proj(out), next_state
 
 

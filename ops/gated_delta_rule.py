@@ -424,7 +424,11 @@ def delegable_gated_delta_rule(q, k, v, g, beta, *, scale: float, initial_state,
     heads_first = lambda x: x.float().permute(0, 2, 1, 3).reshape(lanes, -1, x.shape[-1])  # noqa: E731
     q, k, v = heads_first(q), heads_first(k), heads_first(v)  # [L, T, D]
     g, beta = (x.float().permute(0, 2, 1).reshape(lanes, -1) for x in (g, beta))  # [L, T]
-    state = initial_state.float().reshape(lanes, k_dim, v_dim)  # [L, Dk, Dv]
+    # The state enters every product as S^T [L, Dv, Dk], the left operand: XNNPACK packs the right
+    # operand of a batched matmul on each call, which for the 1 MB state cost more than the product.
+    # The caller's [B, H, Dk, Dv] state comes in and goes out through a transpose; ExecuTorch's
+    # decoder keeps its buffer as S^T so that the two transposes meet and cancel (`fold_transposes`).
+    state_t = initial_state.float().transpose(-1, -2).reshape(lanes, v_dim, k_dim)  # [L, Dv, Dk]: S^T
 
     diff, xor = _pair_tables(g)  # [T, T] each
     lower = diff.clamp(0.0, 1.0)  # [T, T]: i > j
@@ -440,11 +444,11 @@ def delegable_gated_delta_rule(q, k, v, g, beta, *, scale: float, initial_state,
     u = torch.bmm(inv, v * beta.unsqueeze(-1))  # [L, T, Dv]
     w = torch.bmm(inv, k_beta * from_start)  # [L, T, Dk]
     attn = torch.bmm(q, k.transpose(1, 2)) * (decay * scale)  # [L, T, T]
-    delta = u - torch.bmm(w, state)  # [L, T, Dv]
-    out = torch.bmm(q * (from_start * scale), state) + torch.bmm(attn, delta)  # [L, T, Dv]
-    state = state * from_start[:, -1:] + torch.bmm((k * to_end).transpose(1, 2), delta)  # [L, Dk, Dv]
-    out = out.view(batch, heads, -1, v_dim).permute(0, 2, 1, 3)  # [B, T, H, Dv]
-    return out.to(out_dtype), state.view(batch, heads, k_dim, v_dim)
+    delta_t = u.transpose(1, 2) - torch.bmm(state_t, w.transpose(1, 2))  # [L, Dv, T]
+    out_t = torch.bmm(state_t, (q * (from_start * scale)).transpose(1, 2)) + torch.bmm(delta_t, attn.transpose(1, 2))  # [L, Dv, T]
+    state_t = state_t * from_start[:, -1:] + torch.bmm(delta_t, k * to_end)  # [L, Dv, Dk]
+    out = out_t.view(batch, heads, v_dim, -1).permute(0, 3, 1, 2)  # [B, T, H, Dv]
+    return out.to(out_dtype), state_t.view(batch, heads, v_dim, k_dim).transpose(-1, -2)
 
 
 def executorch_decomposition(q, k, v, g, beta, scale, initial_state, *, max_len: int):
