@@ -2,7 +2,8 @@
 
 Pipeline (plain stages): wrap the model with its state in mutable buffers ->
 `torch.export` (the `qwen35::` ops stay single nodes) -> replace each op by its
-decomposition (`lower_custom_ops`) -> tag weights for one external `.ptd` ->
+decomposition, fold layout round trips and drop repeated subexpressions
+(`lower_custom_ops`: fewer nodes to lower, fewer copies at run time) -> tag weights for one external `.ptd` ->
 `to_edge_transform_and_lower` with the XNNPACK partitioner -> `to_executorch`
 -> write `model.pte` and `model.ptd` atomically, with an export report.
 
@@ -14,7 +15,8 @@ KV capacity. With max_seq_len < max_context_len the runner treats the model as
 a sliding-window one and stops checking capacity, so the KV cache is a ring
 buffer: exact within capacity, sliding-window attention past it, never an
 out-of-bounds write. input_pos = 0 starts a new sequence: the DeltaNet states
-are zeroed in-graph (the runner's reset() calls nothing in the program).
+are zeroed in-graph (the runner's reset() calls nothing in the program). The recurrent
+state buffers hold S^T [1, Hv, Dv, Dk], the layout the delegable delta rule computes in.
 
 Multimodal checkpoints add a method `forward_with_images` (image embeddings and
 M-RoPE positions in, `ExecuTorchImageDecoder`); both methods' weights share the
@@ -197,7 +199,10 @@ def export_programs(model: Qwen35Model, config: ModelConfig, options: ExportOpti
 
 
 def lower_custom_ops(program: torch.export.ExportedProgram, options: ExportOptions) -> torch.export.ExportedProgram:
-    """Replace each qwen35:: op by the decomposition its module declares for ExecuTorch."""
+    """Replace each qwen35:: op by the decomposition its module declares for ExecuTorch, then tidy the graph.
+
+    Tidying: `-1` for the dynamic size of views, layout round trips folded, repeated pure ops computed once.
+    """
     from ops.causal_conv1d import executorch_decomposition as conv
     from ops.gated_delta_rule import executorch_decomposition as delta_rule
     from ops.moe import executorch_decomposition as moe

@@ -114,10 +114,37 @@ def test_artifact_describes_the_program(exported):
     # With a dynamic T, norms and the delta rule's matmul chain stay inside XNNPACK: a rank-3 mean,
     # a padded inverse or aten's softplus would split the delegate at every layer. (Views of integer
     # positions and boolean masks stay portable: XNNPACK takes float tensors only.)
-    for op in ("aten.mean.dim", "aten.bmm", "aten.diagonal_copy", "aten.index_select", "aten.log1p"):
+    for op in ("aten.mean.dim", "aten.bmm", "aten.diagonal_copy", "aten.index_select", "aten.log1p", "aten.convolution"):
         assert not any(name.startswith(op) for name in report["not_delegated"]), op
     if not config.is_moe:  # MoE layers gather expert weights with portable ops, which split the delegate
         assert report["delegate_calls"] <= 6 * len(config.text.layer_types)
+
+
+def test_graph_tidying_folds_round_trips_and_computes_repeats_once():
+    """The passes between export and lowering: same outputs, no transpose pair, no repeated op."""
+    from exporter.executorch import dedupe, fold_round_trips
+
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(6, 1, 3))
+
+        def forward(self, x):  # x [2, 6, 5]
+            there_and_back = x.transpose(1, 2).transpose(1, 2)
+            kernel = self.weight.squeeze(1).unsqueeze(1)
+            conv = torch.nn.functional.conv1d(there_and_back, kernel, groups=6)
+            return conv * 2 + conv * 2
+
+    x = torch.randn(2, 6, 5)
+    program = torch.export.export(Twice(), (x,)).run_decompositions({})
+    expected = program.module()(x)
+    tidied = dedupe(fold_round_trips(program))
+    targets = [str(n.target) for n in tidied.graph.nodes if n.op == "call_function"]
+    assert not any("transpose" in t or "permute" in t or "squeeze" in t for t in targets), targets
+    assert sum("mul" in t for t in targets) == 1, targets
+    conv = next(n for n in tidied.graph.nodes if "conv" in str(n.target))
+    assert conv.args[1].op == "placeholder"  # the parameter itself: what XNNPACK needs to take the conv
+    torch.testing.assert_close(tidied.module()(x), expected, rtol=0, atol=0)
 
 
 def test_tied_embedding_is_stored_once(tmp_path):
