@@ -287,8 +287,10 @@ def dedupe(program: torch.export.ExportedProgram) -> torch.export.ExportedProgra
 
 
 def _is_pure(target) -> bool:
+    """Pure, and not a quantize/dequantize op: XNNPACK's partitioner matches those per consumer."""
     name = getattr(target, "__name__", str(target))
-    return not name.split(".")[0].endswith("_") and "assert" not in name
+    namespace = getattr(target, "namespace", "aten")
+    return namespace == "aten" and not name.split(".")[0].endswith("_") and "assert" not in name
 
 
 def _canonical(value, replaced):
