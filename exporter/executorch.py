@@ -272,7 +272,9 @@ def dedupe(program: torch.export.ExportedProgram) -> torch.export.ExportedProgra
     tables and doubling masks), every attention layer the same cache addressing: about one node in
     eight. Export time grows with the node count (each ExecuTorch and XNNPACK pass retraces the
     graph), so they are dropped before lowering. The graph is functional here (mutations are graph
-    outputs), so only in-place ops and asserts, which return nothing, are left alone.
+    outputs) and draws no random numbers, so any aten op but an in-place one or an assert may be
+    merged. Other namespaces are left alone: merging torchao's quantize/dequantize nodes across
+    their consumers gives XNNPACK's partitioner dependency cycles.
     """
     graph, seen, replaced = program.graph, {}, {}
     for node in graph.nodes:
@@ -287,7 +289,7 @@ def dedupe(program: torch.export.ExportedProgram) -> torch.export.ExportedProgra
 
 
 def _is_pure(target) -> bool:
-    """Pure, and not a quantize/dequantize op: XNNPACK's partitioner matches those per consumer."""
+    """An aten op that is neither in place nor an assert (see `dedupe`)."""
     name = getattr(target, "__name__", str(target))
     namespace = getattr(target, "namespace", "aten")
     return namespace == "aten" and not name.split(".")[0].endswith("_") and "assert" not in name
