@@ -58,7 +58,6 @@ def program_mb(path: Path) -> float:
 
 def step_checkpoint(args) -> dict:
     from exporter.checkpoint import random_model, save_checkpoint
-    from exporter.config import preset
 
     config = bench_config(args)
     save_checkpoint(config, random_model(config), Path(args.out))

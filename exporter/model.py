@@ -234,7 +234,8 @@ class Attention(nn.Module):
             next_state = (keys, values)
         # Query head i reads KV head i // rep. The rep query heads of a KV head go in as T*rep rows
         # (token-major) against the unexpanded cache: expanding the cache to H heads copied it every
-        # step. Written out rather than through SDPA so that the rows stay in this order.
+        # step. Token-major, and written out rather than through SDPA: with head-major rows or SDPA's
+        # output strides, torch.export cannot prove the view back to heads valid for every dynamic T.
         rep = self.h // self.hkv
         rows = q.view(B, self.hkv, rep, T, self.dh).transpose(2, 3).reshape(B, self.hkv, -1, self.dh)  # [B, Hkv, T*rep, Dh]
         bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill(~mask, float("-inf"))  # [T, S]

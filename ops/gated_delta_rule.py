@@ -427,7 +427,7 @@ def delegable_gated_delta_rule(q, k, v, g, beta, *, scale: float, initial_state,
     # The state enters every product as S^T [L, Dv, Dk], the left operand: XNNPACK packs the right
     # operand of a batched matmul on each call, which for the 1 MB state cost more than the product.
     # The caller's [B, H, Dk, Dv] state comes in and goes out through a transpose; ExecuTorch's
-    # decoder keeps its buffer as S^T so that the two transposes meet and cancel (`fold_transposes`).
+    # decoder keeps its buffer as S^T so that the two transposes meet and cancel (`exporter.executorch.fold_round_trips`).
     state_t = initial_state.float().transpose(-1, -2).reshape(lanes, v_dim, k_dim)  # [L, Dv, Dk]: S^T
 
     diff, xor = _pair_tables(g)  # [T, T] each
