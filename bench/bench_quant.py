@@ -21,6 +21,7 @@ schemes x 2 presets; the ExecuTorch lowerings of the 2B take tens of minutes eac
 
     .venv/bin/python bench/bench_quant.py                          # 0.8b and 2b, every scheme, peers
     .venv/bin/python bench/bench_quant.py --presets 0.8b --formats onnx --schemes 8da4w,8da4w+emb4
+    .venv/bin/python bench/bench_quant.py --presets 0.8b --formats pte --schemes 8da4w --upstream 8da4w
     .venv/bin/python bench/bench_quant.py --quick                  # tiny shapes: a smoke check
 """
 
@@ -252,7 +253,7 @@ def bench_peers(preset: str, checkpoint: Path, work: Path, args, vocab: int, hid
     from bench.upstream_executorch import export_stats, export_upstream, program_bytes, run_upstream
 
     entries = []
-    for precision in BUILDER_PRECISIONS if "onnx" in args.formats else ():
+    for precision in args.builder if "onnx" in args.formats else ():
         out = work / f"{preset}-builder-{precision}"
         exported = step("builder", work / f"{out.name}.log", checkpoint=checkpoint, out=out, precision=precision)
         size = files_bytes(out, (".onnx", ".data"))
@@ -260,7 +261,7 @@ def bench_peers(preset: str, checkpoint: Path, work: Path, args, vocab: int, hid
                  "size_mb": size / 1e6, "export_s": exported["wall_s"], "export_peak_rss_mb": exported["peak_rss_mb"],
                  "bytes_per_token": size + state_bytes(preset)}  # shared_embeddings: one tied copy
         entries.append(run_and_record(entry, out, work, args, preset, "builder", vocab))
-    for quant in UPSTREAM_QUANTS if "pte" in args.formats else ():
+    for quant in args.upstream if "pte" in args.formats else ():
         out = work / f"{preset}-export_llm-{quant or 'fp32'}"
         pte = export_upstream(checkpoint, out, quant=quant, max_seq_len=args.max_seq_len, group_size=args.group_size)
         stats, size = export_stats(out), program_bytes(pte)
@@ -328,6 +329,8 @@ def main(argv=None) -> None:
     parser.add_argument("--group-size", type=int, default=32, help="int4 group size, ours and export_llm's 8da4w")
     parser.add_argument("--bandwidth-gib", type=float, default=1.0)
     parser.add_argument("--skip-peers", action="store_true")
+    parser.add_argument("--builder", default=",".join(BUILDER_PRECISIONS), help="the builder's precisions to run (onnx)")
+    parser.add_argument("--upstream", default="fp32,8da4w", help="export_llm's schemes to run (pte): fp32, 8da4w")
     parser.add_argument("--quick", action="store_true", help="tiny preset, short prompt: a smoke check")
     parser.add_argument("--work", help="working directory (default: a temporary one, removed after)")
     parser.add_argument("--json", help="also write the report here")
@@ -342,6 +345,12 @@ def main(argv=None) -> None:
         args.presets, args.prompt, args.decode, args.repeats, args.bandwidth_gib = "tiny", 16, 8, 1, 0.25
     args.presets, args.schemes, args.formats = (args.presets.split(","), args.schemes.split(","),
                                                 args.formats.split(","))
+    args.builder = [p for p in args.builder.split(",") if p]
+    args.upstream = [None if q == "fp32" else q for q in args.upstream.split(",") if q]
+    unknown = set(args.builder) - set(BUILDER_PRECISIONS) | set(args.upstream) - set(UPSTREAM_QUANTS)
+    if unknown:
+        parser.error(f"unknown peer scheme(s) {sorted(map(str, unknown))}: --builder takes int4, fp32; "
+                     "--upstream takes fp32, 8da4w")
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-quant-"))
     work.mkdir(parents=True, exist_ok=True)
     try:

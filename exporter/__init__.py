@@ -2,12 +2,18 @@
 
 The reference model is the exporter's input: every lowering (ExecuTorch, ONNX)
 starts from it, and every artifact is validated against it.
+
+`load_model` and `Qwen35Model` are imported on first use: they need torch, and the modules
+a runtime imports from here (configs, the artifact contract) do not, so running an ONNX
+artifact does not load torch.
 """
 
-from exporter.checkpoint import load_model
+from importlib import import_module
+
 from exporter.config import ModelConfig, load_config, preset
 from exporter.errors import CheckpointError, ConfigError, QwenEdgeError
-from exporter.model import Qwen35Model
+
+_NEED_TORCH = {"load_model": "exporter.checkpoint", "Qwen35Model": "exporter.model"}
 
 __all__ = [
     "CheckpointError",
@@ -19,3 +25,9 @@ __all__ = [
     "load_model",
     "preset",
 ]
+
+
+def __getattr__(name: str):
+    if name in _NEED_TORCH:
+        return getattr(import_module(_NEED_TORCH[name]), name)
+    raise AttributeError(f"module 'exporter' has no attribute {name!r}")

@@ -161,7 +161,7 @@ def test_io_follows_the_artifact_contract(exported):
 
 
 def test_external_data_layout_runs_the_same(exported, tmp_path):
-    """Above 2 GB of weights they go to model.onnx.data; the tiny presets never get there, so write them so."""
+    """Above 64 MiB of weights they go to model.onnx.data; the tiny presets never get there, so write them so."""
     save_atomically(ir.load(exported.out_dir / "model.onnx"), tmp_path, MODEL_FILE, DATA_FILE)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
     external = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])

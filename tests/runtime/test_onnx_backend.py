@@ -53,3 +53,15 @@ def test_greedy_generation_follows_the_toy_rule(session):
 
 def test_threads_are_set_explicitly(session):
     assert session.backend._session.get_session_options().intra_op_num_threads == 1
+
+
+def test_running_an_onnx_bundle_does_not_load_torch(tmp_path):
+    """The ONNX path needs onnxruntime only: torch would add ~0.35 GB of RSS to every app process."""
+    import subprocess
+    import sys
+
+    bundle = contract_onnx_bundle(tmp_path / "bundle")
+    script = ("import sys, runtime; s = runtime.load(sys.argv[1], 'onnx', threads=1); s.prefill([7, 8]); "
+              "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script, str(bundle)], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False", done.stderr
