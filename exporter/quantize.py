@@ -15,17 +15,23 @@ share it (ONNX: MatMulNBits and GatherBlockQuantized read one initializer; Execu
 int8 rows are byte-identical in the lookup and the head, and its data file de-duplicates them)
 and report the bytes either way.
 
-Scales: torchao's HQQ scale-only solver (`intx_choose_qparams_algorithm="hqq_scale_only"`, what
-ExecuTorch's own LLM export uses) for every quantized matrix, in both formats, so the two
-artifacts of a scheme carry the same integers. It alternates rounding with a least-squares
-scale per group, i.e. it minimises the weight MSE with symmetric integers, which both XNNPACK
-(no zero points) and ORT's kernels take. Measured on the trained fixture (int4 g32 linears,
-perplexity increase on 2048 held-out tokens, reference model with dequantized weights):
-int8 embedding: round-to-nearest +7.1 %, ORT RTN asymmetric +5.6 %, ORT HQQ (asymmetric,
-float zero points) +4.8 %, ORT k-quant +3.8 %, HQQ scale-only +3.7 %; int4 embedding:
-+16.8 %, +14.9 %, -, +10.7 %, +8.6 %. ORT's HQQ cannot quantize a Gather and its float zero
-points cannot be shared with GatherBlockQuantized, so the best of ORT's own quantizers
-(k-quant) would miss the 10 % bound with an int4 embedding.
+Scales, chosen with torchao (`scale_choice`), the same way in both formats, so the two
+artifacts of a scheme carry the same integers:
+- int4 grouped: torchao's HQQ scale-only solver (`intx_choose_qparams_algorithm="hqq_scale_only"`,
+  what ExecuTorch's own LLM export uses). It alternates rounding with a least-squares scale per
+  group, i.e. it minimises the weight MSE with symmetric integers, which both XNNPACK (no zero
+  points) and ORT's kernels take. Measured on the trained fixture (int4 g32 linears, perplexity
+  increase on 2048 held-out tokens, reference model with dequantized weights): int8 embedding:
+  round-to-nearest +7.1 %, ORT RTN asymmetric +5.6 %, ORT HQQ (asymmetric, float zero points)
+  +4.8 %, ORT k-quant +3.8 %, HQQ scale-only +3.7 %; int4 embedding: +16.8 %, +14.9 %, -,
+  +10.7 %, +8.6 %. ORT's HQQ cannot quantize a Gather and its float zero points cannot be shared
+  with GatherBlockQuantized, so the best of ORT's own quantizers (k-quant) would miss the 10 %
+  bound with an int4 embedding.
+- int8 per row (the 8w linears, the int8 embedding / LM head): symmetric min-max without
+  clipping (torchao's `SYMMETRIC_NO_CLIPPING_ERR`: the row's extreme lands on -128 or 127). HQQ
+  gains nothing at 255 levels: on the fixture's embedding its relative weight MSE is 5.7e-5
+  against 5.2e-5 here (its first scale, max/128, clips the extreme), and on the 0.8B's
+  248 320 x 1024 matrix it takes 52 s against under 1 s.
 
 What stays in higher precision is the table `HIGH_PRECISION` below, with the reason per line.
 
@@ -46,7 +52,10 @@ if TYPE_CHECKING:  # torch is imported where it is used: exporter.artifact impor
 DEFAULT_GROUP_SIZE = 32
 GROUP_SIZES = (32, 64, 128)
 EMBEDDING_BITS = (8, 4)
-ALGORITHM = "torchao hqq_scale_only (symmetric; least-squares scale per group, minimises weight MSE)"
+ALGORITHM = {
+    "grouped": "torchao hqq_scale_only (symmetric; least-squares scale per group, minimises weight MSE)",
+    "per_row": "torchao affine SYMMETRIC_NO_CLIPPING_ERR (symmetric min-max per row, the extreme not clipped)",
+}
 
 
 class QuantizationError(QwenEdgeError):
@@ -132,7 +141,8 @@ class QuantRecipe:
             "embedding_bits": self.embedding_bits,
             "embedding_group_size": self.embedding_group,
             "runs_as": SCHEMES[self.scheme].runs.get(fmt),
-            "scales": ALGORITHM if self.weight_bits else None,
+            "scales": {"int4 grouped": ALGORITHM["grouped"], "int8 per row": ALGORITHM["per_row"]}
+            if self.weight_bits else None,
             "kept_in_fp32": {what: why for what, why in HIGH_PRECISION},
         }
 
@@ -195,11 +205,20 @@ def check_group_size(model: nn.Module, recipe: QuantRecipe, extra: list[tuple[st
                 f"--group-size {recipe.group_size}: {name} has {k} input channels, not a multiple of it; {hint}")
 
 
+def scale_choice(group: int | None) -> tuple[str, Any]:
+    """torchao's (intx_choose_qparams_algorithm, mapping type) for grouped (int4) or per-row (group None) scales."""
+    from torchao.quantization.quant_primitives import MappingType
+
+    if group is None:
+        return "affine", MappingType.SYMMETRIC_NO_CLIPPING_ERR
+    return "hqq_scale_only", MappingType.SYMMETRIC
+
+
 def qparams(weight: Tensor, bits: int, group: int | None) -> tuple[Tensor, Tensor]:
     """weight [N, K] -> symmetric integers int8 [N, K] (in [-2^(bits-1), 2^(bits-1) - 1]) and fp32 scales [N, K / group].
 
-    group None: one scale per row. The scales come from torchao's HQQ scale-only solver (module
-    docstring), through its public config on a throwaway linear, as ExecuTorch's LLM export does.
+    group None: one scale per row. The scales are `scale_choice`'s (module docstring), through
+    torchao's public config on a throwaway linear, as ExecuTorch's LLM export does.
     """
     import torch
     from torch import nn
@@ -208,10 +227,12 @@ def qparams(weight: Tensor, bits: int, group: int | None) -> tuple[Tensor, Tenso
 
     holder = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
     holder.weight = nn.Parameter(weight.detach().float(), requires_grad=False)
+    algorithm, mapping = scale_choice(group)
     config = IntxWeightOnlyConfig(
         weight_dtype=getattr(torch, f"int{bits}"),
         granularity=PerAxis(0) if group is None else PerGroup(group),
-        intx_choose_qparams_algorithm="hqq_scale_only",
+        mapping_type=mapping,
+        intx_choose_qparams_algorithm=algorithm,
     )
     quantize_(holder, config)
     qdata, scale = holder.weight.qdata, holder.weight.scale

@@ -24,7 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from exporter.quantize import QuantRecipe, check_format, check_group_size, check_shapes, quantized_linears, qparams
+from exporter.quantize import (
+    QuantRecipe, check_format, check_group_size, check_shapes, quantized_linears, qparams, scale_choice,
+)
 
 # fp16: parameters kept in fp32 (the model computes with them in fp32; see exporter.quantize.HIGH_PRECISION).
 FP32_UNDER_FP16 = ("A_log", "dt_bias", "norm.weight", "layernorm.weight", "q_norm.weight", "k_norm.weight")
@@ -58,10 +60,12 @@ def _linear_config(bits: int, group: int | None):
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig
     from torchao.quantization.granularity import PerAxis, PerGroup
 
+    algorithm, mapping = scale_choice(group)
     return Int8DynamicActivationIntxWeightConfig(
         weight_dtype=getattr(torch, f"int{bits}"),
         weight_granularity=PerAxis(0) if group is None else PerGroup(group),
-        intx_choose_qparams_algorithm="hqq_scale_only",
+        weight_mapping_type=mapping,
+        intx_choose_qparams_algorithm=algorithm,
     )
 
 

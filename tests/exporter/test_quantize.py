@@ -96,7 +96,8 @@ def test_onnx_report_records_scheme_and_bytes(onnx_bundle):
     from runtime.bundle import open_bundle
 
     details = open_bundle(bundle).artifact("onnx")["details"]["quantization"]
-    assert details["scheme"] == quant and details["embedding_bits"] == bits and "hqq" in details["scales"]
+    assert details["scheme"] == quant and details["embedding_bits"] == bits
+    assert "hqq" in details["scales"]["int4 grouped"] and "NO_CLIPPING" in details["scales"]["int8 per row"]
     assert details["embedding"]["stored_once"] and details["embedding"]["bytes"] < details["embedding"]["fp32_bytes"] / 2
     assert "recurrent state" in " ".join(details["kept_in_fp32"])
 
@@ -160,6 +161,15 @@ def test_hqq_scales_beat_round_to_nearest():
     rtn_scale = groups.abs().amax(-1, keepdim=True) / 8
     rtn = ((groups / rtn_scale).round().clamp(-8, 7) * rtn_scale).view_as(weight)
     assert (dequantize(qdata, scale) - weight).pow(2).mean() < 0.9 * (rtn - weight).pow(2).mean()
+
+
+def test_int8_rows_use_the_whole_grid_and_clip_nothing():
+    """Per-row int8 (8w, the int8 embedding): every weight within half a step of its level, each row reaching an end."""
+    config, model, _ = load_model(need_fixture(FIXTURE))
+    weight = model.embed_tokens.weight.detach()[:4096]
+    qdata, scale = qparams(weight, 8, None)
+    assert (dequantize(qdata, scale) - weight).abs().le(scale / 2 * (1 + 1e-5)).all()  # no clipped extreme
+    assert (qdata.int().abs().amax(1) >= 127).all()  # no unused range
 
 
 @pytest.mark.parametrize("kwargs,message", [
