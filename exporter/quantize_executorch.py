@@ -69,17 +69,32 @@ def _linear_config(bits: int, group: int | None):
     )
 
 
+def _dynamic_int8_weight(weight: Tensor, bits: int, group: int | None) -> Tensor:
+    """What `_linear_config` makes of a linear's weight, on `qparams`' integers (solved in blocks of rows).
+
+    The same tensor as `quantize_` with that config (zero points 0, int8 activations per token),
+    without its solver holding fp32 copies of the whole matrix: the LM head is 254 M weights at 0.8B.
+    """
+    from torchao.quantization.quantize_.workflows.intx.intx_unpacked_to_int8_tensor import (
+        IntxUnpackedToInt8Tensor, IntxUnpackedToInt8TensorActivationQuantization,
+    )
+
+    qdata, scales = qparams(weight, bits, group)
+    return IntxUnpackedToInt8Tensor(
+        qdata, scales, torch.zeros_like(scales, dtype=torch.int8), getattr(torch, f"int{bits}"),
+        (1, group or weight.shape[1]), weight.dtype, IntxUnpackedToInt8TensorActivationQuantization.INT8_ASYM_PER_TOKEN,
+    )
+
+
 def _quantize_head_and_embedding(model: nn.Module, recipe: QuantRecipe) -> dict[str, Any]:
     """The LM head as a dynamically quantized linear, the lookup on the same integers (tied) or its own."""
-    from torchao.quantization import quantize_
-
     # Defines quantized_decomposed::embedding_byte / embedding_4bit (schemas and eager kernels) for tracing.
     import executorch.exir.passes.quant_fusion_pass  # noqa: F401
 
     bits, group = recipe.embedding_bits, recipe.embedding_group
     tied = model.lm_head.weight is model.embed_tokens.weight
-    quantize_(model, _linear_config(bits, group), filter_fn=lambda module, name: name == "lm_head")
-    head = model.lm_head.weight  # torchao IntxUnpackedToInt8Tensor: qdata int8 [V, D], scale [V, G]
+    head = _dynamic_int8_weight(model.lm_head.weight.detach(), bits, group)  # qdata int8 [V, D], scale [V, G]
+    model.lm_head.weight = nn.Parameter(head, requires_grad=False)
     if tied:
         qdata, scales = head.qdata, head.scale.float()
     else:

@@ -136,6 +136,7 @@ def _quantize_linears(graph: ir.Graph, model: nn.Module, recipe: QuantRecipe, le
                                or _attribute(node, "beta", 1.0) != 1.0):
             raise QuantizationError(f"ONNX node {node.name}: a Gemm that is not x @ W^T + b; cannot quantize {name}")
         q = _Quantized(name, weight, recipe.weight_bits, recipe.group_size)
+        fp32 = node.inputs[1]
         matmul = _matmul_nbits(node.inputs[0], *q.add_to(graph), q, level, like=node)
         if kind == "Gemm" and len(node.inputs) > 2 and node.inputs[2] is not None:
             bias = ir.Node("", "Add", [matmul.outputs[0], node.inputs[2]], name=f"{node.name}_bias",
@@ -143,12 +144,20 @@ def _quantize_linears(graph: ir.Graph, model: nn.Module, recipe: QuantRecipe, le
             ir.convenience.replace_nodes_and_values(graph, node, [node], [matmul, bias], node.outputs, bias.outputs)
         else:
             _replace(graph, node, matmul)
+        _drop_if_unused(graph, fp32)
         errors[name] = q.error
     missing = sorted(set(linears) - set(errors))
     if missing:
         raise QuantizationError(f"ONNX graph: no MatMul found for {', '.join(missing[:3])}; the exporter's "
                                 "node metadata (pkg.torch.onnx.name_scopes) changed")
     return errors
+
+
+def _drop_if_unused(graph: ir.Graph, value: ir.Value) -> None:
+    """Free a replaced fp32 initializer now, not at the end: the exporter's transposed copies of the
+    0.8B's linears are ~2 GB, and they would otherwise still be alive while the LM head is quantized."""
+    if value.is_initializer() and not value.uses() and value.name in graph.initializers:
+        del graph.initializers[value.name]
 
 
 def _attribute(node: ir.Node, name: str, default):
