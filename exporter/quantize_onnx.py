@@ -154,8 +154,7 @@ def _quantize_linears(graph: ir.Graph, model: nn.Module, recipe: QuantRecipe, le
 
 
 def _drop_if_unused(graph: ir.Graph, value: ir.Value) -> None:
-    """Free a replaced fp32 initializer now, not at the end: the exporter's transposed copies of the
-    0.8B's linears are ~2 GB, and they would otherwise still be alive while the LM head is quantized."""
+    """Free a replaced fp32 initializer (the exporter's transposed copy of a linear) now, not at the end of the pass."""
     if value.is_initializer() and not value.uses() and value.name in graph.initializers:
         del graph.initializers[value.name]
 
