@@ -52,9 +52,9 @@ if TYPE_CHECKING:  # torch is imported where it is used: exporter.artifact impor
 DEFAULT_GROUP_SIZE = 32
 GROUP_SIZES = (32, 64, 128)
 EMBEDDING_BITS = (8, 4)
-ALGORITHM = {
-    "grouped": "torchao hqq_scale_only (symmetric; least-squares scale per group, minimises weight MSE)",
-    "per_row": "torchao affine SYMMETRIC_NO_CLIPPING_ERR (symmetric min-max per row, the extreme not clipped)",
+ALGORITHM = {  # as the manifest records it: see scale_choice
+    "int4 grouped": "torchao hqq_scale_only (symmetric; least-squares scale per group, minimises weight MSE)",
+    "int8 per row": "torchao affine SYMMETRIC_NO_CLIPPING_ERR (symmetric min-max per row, the extreme not clipped)",
 }
 
 
@@ -141,8 +141,7 @@ class QuantRecipe:
             "embedding_bits": self.embedding_bits,
             "embedding_group_size": self.embedding_group,
             "runs_as": SCHEMES[self.scheme].runs.get(fmt),
-            "scales": {"int4 grouped": ALGORITHM["grouped"], "int8 per row": ALGORITHM["per_row"]}
-            if self.weight_bits else None,
+            "scales": dict(ALGORITHM) if self.weight_bits else None,
             "kept_in_fp32": {what: why for what, why in HIGH_PRECISION},
         }
 
