@@ -47,14 +47,34 @@ def logit_metrics(candidate: np.ndarray, reference: np.ndarray) -> dict[str, flo
 
 
 def logit_check(name: str, candidate: np.ndarray, reference: np.ndarray, tol: Tolerance) -> Check:
+    """The logit metrics against the bounds. Top-1 counts a disagreement at a near-tie of the reference (its
+    two tokens within `tol.greedy_tie_margin` logits) as agreement, as the greedy check does: over the few
+    positions of a golden trace (7 decode steps) one flipped tie is 1/7 of the rate, so a correct lossy
+    artifact would fail a 0.9 bound whenever the trace holds a tie. A flip at a wider margin still counts.
+    """
     m = logit_metrics(candidate, reference)
+    top1, note = m["top1"], ""
+    ties = near_tie_flips(candidate, reference, tol.greedy_tie_margin)
+    if ties:
+        m["near_tie_flips"] = ties
+        top1 += ties / m["positions"]
+        note = f"{ties} top-1 flip(s) at a near-tie of the reference (<= {tol.greedy_tie_margin:g} logits) excused"
     passed = (
         m["max_abs"] <= tol.max_abs
         and m["rel_rms"] <= tol.rel_rms
         and m["cosine"] >= tol.min_cosine
-        and m["top1"] >= tol.min_top1
+        and top1 >= tol.min_top1
     )
-    return Check(name, m, passed)
+    return Check(name, m, passed, note)
+
+
+def near_tie_flips(candidate: np.ndarray, reference: np.ndarray, margin: float) -> int:
+    """Rows whose argmax differs where the reference scores the candidate's token within `margin` of its own."""
+    c, r = np.atleast_2d(candidate), np.atleast_2d(reference)
+    ours, theirs = np.argmax(c, -1), np.argmax(r, -1)
+    rows = np.arange(len(r))
+    gap = r[rows, theirs].astype(np.float64) - r[rows, ours]
+    return int(np.sum((ours != theirs) & (gap <= margin))) if margin > 0 else 0
 
 
 def greedy_check(candidate: np.ndarray, reference: np.ndarray, tol: Tolerance,
