@@ -163,6 +163,43 @@ def test_hqq_scales_beat_round_to_nearest():
     assert (dequantize(qdata, scale) - weight).pow(2).mean() < 0.9 * (rtn - weight).pow(2).mean()
 
 
+def test_hqq_is_torchaos_bit_for_bit():
+    """`hqq_scale_only` runs torchao's HQQ scale-only solver in place: the same integers and scales, exactly."""
+    from torchao.quantization.quant_primitives import _choose_qparams_and_quantize_scale_only_hqq
+
+    from exporter.quantize import hqq_scale_only
+
+    config, model, _ = load_model(need_fixture(FIXTURE))
+    for weight, group in [(model.layers[0].mlp.down_proj.weight.detach(), 32),
+                          (model.embed_tokens.weight.detach()[:4096], 32)]:
+        qdata, scale = hqq_scale_only(weight, 4, group)
+        expected_q, expected_scale = _choose_qparams_and_quantize_scale_only_hqq(weight, [1, group], -8, 7)
+        assert torch.equal(qdata, expected_q.to(torch.int8)) and torch.equal(scale, expected_scale)
+
+
+@pytest.mark.parametrize("bits,group", [(4, 32), (8, None)])
+def test_dynamic_int8_weight_is_what_quantize_makes(bits, group):
+    """The pte linears' weights, built on qparams, equal torchao's quantize_ with the 8da4w / 8w config."""
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    from exporter.quantize import scale_choice
+    from exporter.quantize_executorch import _dynamic_int8_weight
+
+    linear = torch.nn.Linear(128, 48, bias=False)
+    torch.nn.init.normal_(linear.weight, std=0.02, generator=torch.Generator().manual_seed(0))
+    ours = _dynamic_int8_weight(linear.weight.detach(), bits, group)
+    algorithm, mapping = scale_choice(group)
+    quantize_(linear, Int8DynamicActivationIntxWeightConfig(
+        weight_dtype=getattr(torch, f"int{bits}"), weight_granularity=PerAxis(0) if group is None else PerGroup(group),
+        weight_mapping_type=mapping, intx_choose_qparams_algorithm=algorithm))
+    theirs = linear.weight
+    assert type(ours) is type(theirs) and ours.block_size == theirs.block_size and ours.dtype == theirs.dtype
+    assert ours.activation_quantization == theirs.activation_quantization and ours.target_dtype == theirs.target_dtype
+    for part in ("qdata", "scale", "zero_point"):
+        assert torch.equal(getattr(ours, part), getattr(theirs, part).reshape(getattr(ours, part).shape)), part
+
+
 def test_int8_rows_use_the_whole_grid_and_clip_nothing():
     """Per-row int8 (8w, the int8 embedding): every weight within half a step of its level, each row reaching an end."""
     config, model, _ = load_model(need_fixture(FIXTURE))
