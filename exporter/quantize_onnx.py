@@ -75,7 +75,7 @@ class _Quantized:
     The file stores the scales in fp16 (`stored_scales`); MatMulNBits takes them in the activation
     dtype (fp32), so `add_to` widens them with a Cast that ONNX Runtime constant-folds at session
     load (checked: the same outputs, bit for bit, and the same speed as fp32 scales). At the 0.8B
-    with int4 g32 linears that halves 31 MB of scales. The integers stay the ones `qparams` chose
+    with int4 g32 linears that halves 62 MB of scales. The integers stay the ones `qparams` chose
     for the fp32 scales (the pte carries the same); rounding a scale to fp16 moves it by at most
     2^-11 relative, and the reported error is measured with the stored scales.
     """
