@@ -288,9 +288,13 @@ def quantize_onnx(onnx_model: ir.Model, model: nn.Module, recipe: QuantRecipe) -
     embedding = _quantize_embedding(graph, model, recipe, level)
     RemoveUnusedNodesPass()(onnx_model)  # drops the fp32 initializers nothing reads any more
     worst = max(errors, key=errors.get) if errors else None
+    matrices = len(errors) + 1 + (0 if embedding["tied"] else 1)
+    half = sum(name.endswith(".scales_fp16") for name in graph.initializers)
     return {
-        "matrices": len(errors) + 1 + (0 if embedding["tied"] else 1),
+        "matrices": matrices,
         "accuracy_level": level,
+        "scales_stored": f"fp16 in {half} of {matrices} matrices (else fp32), widened to fp32 by a Cast that ONNX "
+                         "Runtime constant-folds at session load: keep its graph optimizations on (the default)",
         "linear_relative_mse": {"mean": float(np.mean(list(errors.values()))) if errors else None,
                                 "worst": worst, "worst_value": errors.get(worst)},
         "embedding": embedding,
