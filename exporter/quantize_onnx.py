@@ -38,6 +38,7 @@ from exporter.quantize import (
 )
 
 MS_DOMAIN = "com.microsoft"
+HALF_SCALES = "_fp16"  # name suffix of scales stored in fp16 (the Cast's output drops it)
 # MatMulNBits accuracy_level per scheme: 1 keeps fp32 activations, 4 lets ORT quantize them to int8 per block.
 ACCURACY_LEVEL = {"8w": 4, "4w": 1, "8da4w": 4}
 
@@ -86,7 +87,7 @@ class _Quantized:
         self.block = block_for(self.k, group)
         self.packed = ir.tensor(pack(qdata, bits, self.block), name=f"{name}.q{bits}")
         stored = stored_scales(scale)
-        self.scales = ir.tensor(stored, name=f"{name}.scales" + ("_fp16" if stored.dtype == np.float16 else ""))
+        self.scales = ir.tensor(stored, name=f"{name}.scales" + (HALF_SCALES if stored.dtype == np.float16 else ""))
         self.error = _relative_error(qdata, torch.from_numpy(stored.astype(np.float32)), weight)
 
     def add_to(self, graph: ir.Graph) -> tuple[ir.Value, ir.Value]:
@@ -95,7 +96,7 @@ class _Quantized:
         if self.scales.dtype != ir.DataType.FLOAT:
             cast = ir.Node("", "Cast", [scales], ir.convenience.convert_attributes({"to": ir.DataType.FLOAT}),
                            name=f"{self.scales.name}_to_fp32")
-            cast.outputs[0].name = self.scales.name.removesuffix("_fp16")
+            cast.outputs[0].name = self.scales.name.removesuffix(HALF_SCALES)
             graph.insert_before(next(iter(graph)), cast)
             scales = cast.outputs[0]
         return _initializer(graph, self.packed), scales
@@ -289,12 +290,13 @@ def quantize_onnx(onnx_model: ir.Model, model: nn.Module, recipe: QuantRecipe) -
     RemoveUnusedNodesPass()(onnx_model)  # drops the fp32 initializers nothing reads any more
     worst = max(errors, key=errors.get) if errors else None
     matrices = len(errors) + 1 + (0 if embedding["tied"] else 1)
-    half = sum(name.endswith(".scales_fp16") for name in graph.initializers)
+    half = sum(name.endswith(HALF_SCALES) for name in graph.initializers)
     return {
         "matrices": matrices,
         "accuracy_level": level,
-        "scales_stored": f"fp16 in {half} of {matrices} matrices (else fp32), widened to fp32 by a Cast that ONNX "
-                         "Runtime constant-folds at session load: keep its graph optimizations on (the default)",
+        "scales_stored": {"fp16": half, "fp32": matrices - half,
+                          "note": "fp16 scales are widened to fp32 by a Cast that ONNX Runtime constant-folds at "
+                                  "session load: keep its graph optimizations on (the default)"},
         "linear_relative_mse": {"mean": float(np.mean(list(errors.values()))) if errors else None,
                                 "worst": worst, "worst_value": errors.get(worst)},
         "embedding": embedding,

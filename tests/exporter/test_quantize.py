@@ -98,7 +98,7 @@ def test_onnx_report_records_scheme_and_bytes(onnx_bundle):
     details = open_bundle(bundle).artifact("onnx")["details"]["quantization"]
     assert details["scheme"] == quant and details["embedding_bits"] == bits
     assert "hqq" in details["scales"]["int4 grouped"].lower() and "NO_CLIPPING" in details["scales"]["int8 per row"]
-    assert details["scales_stored"].startswith(f"fp16 in {details['matrices']} of {details['matrices']} matrices")
+    assert details["scales_stored"]["fp16"] == details["matrices"] and details["scales_stored"]["fp32"] == 0
     assert details["embedding"]["stored_once"] and details["embedding"]["bytes"] < details["embedding"]["fp32_bytes"] / 2
     assert "recurrent state" in " ".join(details["kept_in_fp32"])
 
