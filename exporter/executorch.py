@@ -213,7 +213,19 @@ def lower_custom_ops(program: torch.export.ExportedProgram, options: ExportOptio
         torch.ops.qwen35.moe.default: moe,
         torch.ops.aten.softplus.default: _softplus,
     }
-    return dedupe(fold_round_trips(dynamic_views_as_minus_one(program.run_decompositions(table))))
+    program = drop_asserts(program).run_decompositions(table)
+    return dedupe(fold_round_trips(dynamic_views_as_minus_one(program)))
+
+
+def drop_asserts(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """Remove the dtype asserts export puts after each cast (one node in fifteen). `to_edge` removes
+    them too, but only after retracing them through its decomposition passes."""
+    graph = program.graph
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target == torch.ops.aten._assert_tensor_metadata.default:
+            graph.erase_node(node)
+    program.graph_module.recompile()
+    return program
 
 
 def _softplus(x: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
@@ -373,15 +385,43 @@ def tag_external_weights(program: torch.export.ExportedProgram, tag: str = _WEIG
     return program
 
 
+@functools.cache
+def _xnnpack_partitioner_class():
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+    class Partitioner(XnnpackPartitioner):
+        """XNNPACK's partitioner, which spares `to_edge` two whole-graph retraces when it can.
+
+        A partitioner that returns a per-node check with its ops to keep whole sends `to_edge` down a
+        path of three decomposition retraces (keep the ops, mark the ones that pass the check, decompose
+        again); one without a check gets two (functionalize, decompose). When every node of those ops
+        passes the check, both paths keep the same nodes, so the check is dropped; otherwise it is
+        returned as it was.
+        """
+
+        def ops_to_not_decompose(self, ep):
+            ops, check = super().ops_to_not_decompose(ep)
+            candidates = (n for n in ep.graph.nodes if n.op == "call_function" and n.target in ops)
+            if check is not None and all(check(node) for node in candidates):
+                return ops, None
+            return ops, check
+
+    return Partitioner
+
+
+def xnnpack_partitioner():
+    """ExecuTorch's XNNPACK partitioner, as `_xnnpack_partitioner_class` adapts it."""
+    return _xnnpack_partitioner_class()()
+
+
 def lower_to_xnnpack(program: torch.export.ExportedProgram, constant_methods: dict[str, object]):
     """to_edge_transform_and_lower with the XNNPACK partitioner; returns the edge program and why-not notes."""
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
 
     with _capture_logs("executorch.backends.xnnpack") as notes:
         edge = to_edge_transform_and_lower(
             program,
-            partitioner=[XnnpackPartitioner()],
+            partitioner=[xnnpack_partitioner()],
             constant_methods=constant_methods,
             compile_config=EdgeCompileConfig(_check_ir_validity=False),
         )

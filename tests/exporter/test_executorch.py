@@ -147,6 +147,28 @@ def test_graph_tidying_folds_round_trips_and_computes_repeats_once():
     torch.testing.assert_close(tidied.module()(x), expected, rtol=0, atol=0)
 
 
+def test_lowering_hands_to_edge_no_asserts_and_no_per_node_check():
+    """What spares `to_edge` retraces: the dtype asserts are gone before it, and the partitioner drops
+    its per-node check because every linear passes it. A linear XNNPACK cannot take (its weight an
+    input, not a constant) keeps the check, so that path still decides per node."""
+    from exporter.executorch import export_program, lower_custom_ops, xnnpack_partitioner
+
+    options = ExportOptions(max_seq_len=16, prefill_chunk=8)
+    exported_program = export_program(random_model(preset("tiny"), seed=0), options)
+    assert any(n.target == torch.ops.aten._assert_tensor_metadata.default for n in exported_program.graph.nodes)
+    lowered = lower_custom_ops(exported_program, options).run_decompositions({})  # what to_edge does first
+    assert not any("assert" in str(n.target) for n in lowered.graph.nodes)
+    ops, check = xnnpack_partitioner().ops_to_not_decompose(lowered)
+    assert torch.ops.aten.linear.default in ops and check is None
+
+    class InputWeight(torch.nn.Module):
+        def forward(self, x, w):
+            return torch.nn.functional.linear(x, w)
+
+    dynamic = torch.export.export(InputWeight(), (torch.randn(2, 4), torch.randn(3, 4))).run_decompositions({})
+    assert xnnpack_partitioner().ops_to_not_decompose(dynamic)[1] is not None
+
+
 def test_tied_embedding_is_stored_once(tmp_path):
     """The tied 248320-row embedding: the program's files hold it once, not twice."""
     config = preset("tiny")  # one layer: the check is about the table, and lowering time grows with layers
