@@ -390,7 +390,7 @@ def _xnnpack_partitioner_class():
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
     class Partitioner(XnnpackPartitioner):
-        """XNNPACK's partitioner, which spares `to_edge` two whole-graph retraces when it can.
+        """XNNPACK's partitioner, which spares `to_edge` one of its three whole-graph retraces when it can.
 
         A partitioner that returns a per-node check with its ops to keep whole sends `to_edge` down a
         path of three decomposition retraces (keep the ops, mark the ones that pass the check, decompose
