@@ -2,7 +2,7 @@
 
 Pipeline (plain stages): wrap the model with its state in mutable buffers ->
 `torch.export` (the `qwen35::` ops stay single nodes) -> replace each op by its
-decomposition, fold layout round trips and drop repeated subexpressions
+decomposition, drop dtype asserts, fold layout round trips and drop repeated subexpressions
 (`lower_custom_ops`: fewer nodes to lower, fewer copies at run time) -> tag weights for one external `.ptd` ->
 `to_edge_transform_and_lower` with the XNNPACK partitioner -> `to_executorch`
 -> write `model.pte` and `model.ptd` atomically, with an export report.
@@ -201,7 +201,8 @@ def export_programs(model: Qwen35Model, config: ModelConfig, options: ExportOpti
 def lower_custom_ops(program: torch.export.ExportedProgram, options: ExportOptions) -> torch.export.ExportedProgram:
     """Replace each qwen35:: op by the decomposition its module declares for ExecuTorch, then tidy the graph.
 
-    Tidying: `-1` for the dynamic size of views, layout round trips folded, repeated pure ops computed once.
+    Before: export's dtype asserts dropped (`drop_asserts`). Tidying after: `-1` for the dynamic size
+    of views, layout round trips folded, repeated pure ops computed once.
     """
     from ops.causal_conv1d import executorch_decomposition as conv
     from ops.gated_delta_rule import executorch_decomposition as delta_rule
