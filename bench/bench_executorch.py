@@ -129,12 +129,12 @@ def step_run(args) -> dict:
 
     ids = np.random.default_rng(0).integers(0, args.vocab, size=args.prompt, dtype=np.int64)
     prefill, decode = [], []
-    for _ in range(args.repeats):  # input_pos 0 starts a new sequence in both programs
+    for run in range(args.repeats):  # input_pos 0 starts a new sequence in both programs
         start = time.perf_counter()
         for pos in range(0, args.prompt, chunk):
             logits = call(ids[pos : pos + chunk], pos)
         prefill.append(time.perf_counter() - start)
-        if not decode:  # the comparison reads the first run's, made on a freshly loaded program
+        if run == 0:  # the comparison reads the first run's, made on a freshly loaded program
             np.save(out / "prefill_logits.npy", logits)
         token, start = int(logits.argmax()), time.perf_counter()
         for step in range(args.decode):

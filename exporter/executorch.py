@@ -1,8 +1,8 @@
 """ExecuTorch lowering: the reference decoder as a stateful XNNPACK `.pte` that ExecuTorch's stock LLM runner drives.
 
 Pipeline (plain stages): wrap the model with its state in mutable buffers ->
-`torch.export` (the `qwen35::` ops stay single nodes) -> replace each op by its
-decomposition, drop dtype asserts, fold layout round trips and drop repeated subexpressions
+`torch.export` (the `qwen35::` ops stay single nodes) -> drop dtype asserts, replace each op by
+its decomposition, fold layout round trips and drop repeated subexpressions
 (`lower_custom_ops`: fewer nodes to lower, fewer copies at run time) -> tag weights for one external `.ptd` ->
 `to_edge_transform_and_lower` with the XNNPACK partitioner -> `to_executorch`
 -> write `model.pte` and `model.ptd` atomically, with an export report.
