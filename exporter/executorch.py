@@ -5,7 +5,8 @@ Pipeline (plain stages): wrap the model with its state in mutable buffers ->
 its decomposition, fold layout round trips and drop repeated subexpressions
 (`lower_custom_ops`: fewer nodes to lower, fewer copies at run time) -> tag weights for one external `.ptd` ->
 `to_edge_transform_and_lower` with the XNNPACK partitioner -> `to_executorch`
--> write `model.pte` and `model.ptd` atomically, with an export report.
+-> write `model.pte` and `model.ptd` atomically, with an export report. A quantized model's
+torchao ops get shape-only fake kernels throughout (`shape_only_quant_ops`).
 
 The program's contract (exporter/artifact.py): `forward(tokens [1, T], input_pos [1])
 -> logits [1, V]` of the last position, 1 <= T <= prefill_chunk, so a prompt
@@ -45,6 +46,7 @@ from torch import Tensor, nn
 from exporter.artifact import IMAGE_METHOD, Artifact, ExportOptions
 from exporter.config import FULL, ModelConfig
 from exporter.model import Qwen35Model, StaticKV, splice_image_embeds
+from exporter.quantize_executorch import shape_only_quant_ops
 
 log = logging.getLogger(__name__)
 
@@ -554,12 +556,13 @@ def export_executorch(model: Qwen35Model, config: ModelConfig, out_dir: Path, op
         return result
 
     meta = metadata(config, options)
-    programs = stage("export", export_programs, model, config, options)
-    programs = stage("lower custom ops", lambda: {k: lower_custom_ops(p, options) for k, p in programs.items()})
-    programs = stage("tag weights", lambda: {k: tag_external_weights(p) for k, p in programs.items()})
-    edge, notes = stage("to_edge + XNNPACK", lower_to_xnnpack, programs, meta)
-    report = delegation_report(edge, notes)
-    et_program = stage("to_executorch", to_executorch_program, edge)
+    with shape_only_quant_ops():
+        programs = stage("export", export_programs, model, config, options)
+        programs = stage("lower custom ops", lambda: {k: lower_custom_ops(p, options) for k, p in programs.items()})
+        programs = stage("tag weights", lambda: {k: tag_external_weights(p) for k, p in programs.items()})
+        edge, notes = stage("to_edge + XNNPACK", lower_to_xnnpack, programs, meta)
+        report = delegation_report(edge, notes)
+        et_program = stage("to_executorch", to_executorch_program, edge)
     files = stage("write", write_program, et_program, Path(out_dir))
     timings["total"] = round(time.perf_counter() - start, 2)
     details = {

@@ -182,19 +182,21 @@ def export_vision_executorch(tower: VisionTower, out_dir: Path, options: ExportO
     A quantized scheme quantizes the tower in place (torchao), as the decoder's ExecuTorch export does.
     """
     from exporter import executorch as et
-    from exporter.quantize_executorch import quantize_linears_executorch
+    from exporter.quantize_executorch import quantize_linears_executorch, shape_only_quant_ops
 
     _check_scheme(options)
     start = time.perf_counter()
     quantization = {"scheme": options.quant}
     if SCHEMES[options.quant].weight_bits:
         quantization.update(quantize_linears_executorch(tower, options.recipe))
-    program = export_program(tower, max_tokens)
-    program = et.dynamic_views_as_minus_one(program.run_decompositions({}))
-    program = et.tag_external_weights(program, _VISION_TAG)
-    edge, notes = et.lower_to_xnnpack({VISION_METHOD: program}, {})
-    report = et.delegation_report(edge, notes, VISION_METHOD)
-    files = et.write_program(et.to_executorch_program(edge, _VISION_TAG), Path(out_dir), VISION_PTE)
+    with shape_only_quant_ops():
+        program = export_program(tower, max_tokens)
+        program = et.dynamic_views_as_minus_one(program.run_decompositions({}))
+        program = et.tag_external_weights(program, _VISION_TAG)
+        edge, notes = et.lower_to_xnnpack({VISION_METHOD: program}, {})
+        report = et.delegation_report(edge, notes, VISION_METHOD)
+        et_program = et.to_executorch_program(edge, _VISION_TAG)
+    files = et.write_program(et_program, Path(out_dir), VISION_PTE)
     details = {
         **io_spec(tower, max_tokens),
         "methods": {VISION_METHOD: {"inputs": INPUT_NAMES, "outputs": OUTPUT_NAMES}},

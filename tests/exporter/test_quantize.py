@@ -106,29 +106,89 @@ def test_onnx_report_records_scheme_and_bytes(onnx_bundle):
 # --- ExecuTorch ---------------------------------------------------------------------------------
 
 
-def test_pte_8da4w_on_tiny_matches_the_quantized_model_and_stores_the_embedding_once(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_8da4w(tmp_path_factory):
+    """A tiny model (one layer of each kind: lowering time grows with layers), 8da4w, lowered; (model, config, options, report, dir)."""
     from exporter.executorch import export_executorch
     from exporter.quantize_executorch import quantize_for_executorch
-    from tests.exporter.test_executorch import load_forward
 
-    config = preset("tiny")  # one layer of each kind: lowering time grows with layers
+    config = preset("tiny")
     config = dataclasses.replace(config, text=dataclasses.replace(config.text, layer_types=("linear_attention", "full_attention")))
     model = random_model(config, seed=3)
     options = ExportOptions(max_seq_len=64, prefill_chunk=32, quant="8da4w")
     report = quantize_for_executorch(model, options.recipe)
-    export_executorch(model, config, tmp_path, options)
+    out = tmp_path_factory.mktemp("tiny-8da4w")
+    export_executorch(model, config, out, options)
+    return model, config, options, report, out
+
+
+def test_pte_8da4w_on_tiny_matches_the_quantized_model_and_stores_the_embedding_once(tiny_8da4w):
+    from tests.exporter.test_executorch import load_forward
+
+    model, config, _, report, out = tiny_8da4w
     assert report["embedding"]["stored_once"]
     table = model.embed_tokens.qdata.numpy().tobytes()
-    assert (tmp_path / "model.ptd").read_bytes().count(table) == 1  # lookup and head: one copy of the int8 rows
+    assert (out / "model.ptd").read_bytes().count(table) == 1  # lookup and head: one copy of the int8 rows
     import executorch.kernels.quantized  # noqa: F401
 
-    forward = load_forward(tmp_path)
+    forward = load_forward(out)
     prompt = torch.randint(0, config.text.vocab_size, (1, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model(prompt).logits[:, -1]
     got = forward(prompt, 0)
     assert torch.equal(got.argmax(-1), expected.argmax(-1))
     assert (got - expected).norm() / expected.norm() < 0.05  # per-token activation rounding differs from eager
+
+
+def test_shape_only_quant_ops_lower_the_same_program(tiny_8da4w, tmp_path, monkeypatch):
+    """Lowering with torchao's own op bodies for fake propagation writes the same bytes."""
+    import contextlib
+
+    import exporter.executorch as et
+
+    model, config, options, _, out = tiny_8da4w
+    monkeypatch.setattr(et, "shape_only_quant_ops", contextlib.nullcontext)
+    et.export_executorch(model, config, tmp_path, options)
+    for name in (et.PTE, et.PTD):
+        assert (tmp_path / name).read_bytes() == (out / name).read_bytes(), name
+
+
+QUANT_OP_CASES = [  # (op, args after the input, input shape, input dtype)
+    ("choose_qparams_affine", ("ASYMMETRIC", [1, 64], torch.int8, -128, 127, None, torch.float32, torch.int8), (5, 64), torch.float32),
+    ("choose_qparams_affine", ("ASYMMETRIC", [1, 1, 64], torch.int8, None, None, 1e-6, None, None), (1, 5, 64), torch.float32),
+    ("choose_qparams_affine", ("SYMMETRIC", [1, 32], torch.int4, -8, 7, None, torch.float32, torch.int8), (6, 64), torch.float32),
+    ("choose_qparams_affine", ("SYMMETRIC", [1, 32], torch.int8, None, None, None, None, None, True), (6, 64), torch.float16),
+    ("choose_qparams_affine", ("SYMMETRIC_NO_CLIPPING_ERR", [2, 64], torch.int8, None, None, None, None, None), (6, 64), torch.float32),
+    ("quantize_affine", ([1, 64], "scale", "zero", torch.int8, -128, 127), (5, 64), torch.float32),
+    ("quantize_affine", ([1, 32], "scale", "zero", torch.uint4, None, None), (5, 64), torch.float32),
+    ("dequantize_affine", ([1, 32], "scale", "zero", torch.int8, -8, 7, torch.float32), (5, 64), torch.int8),
+    ("dequantize_affine", ([1, 64], "scale", "zero", torch.int8, None, None, torch.float16), (5, 64), torch.int8),
+]
+
+
+@pytest.mark.parametrize("op,args,shape,dtype", QUANT_OP_CASES)
+def test_shape_only_quant_ops_match_torchao(op, args, shape, dtype):
+    """On fake tensors the shape-only kernels give what torchao's bodies give: shapes, dtypes, strides."""
+    import torchao.quantization.quant_primitives  # noqa: F401  defines the ops
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from exporter.quantize_executorch import shape_only_quant_ops
+
+    x = (torch.randn(shape) * 4).to(dtype)
+    groups = shape[-1] // args[0][-1] if op != "choose_qparams_affine" else 1
+    qparam = {"scale": torch.rand(shape[0], groups) + 0.1, "zero": torch.zeros(shape[0], groups, dtype=torch.int8)}
+    args = tuple(qparam.get(a, a) if isinstance(a, str) else a for a in args)
+    kernel = getattr(torch.ops.torchao, op)
+
+    def describe(result):
+        return [(tuple(t.shape), t.dtype, t.stride()) for t in (result if isinstance(result, tuple) else (result,))]
+
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake_args = tuple(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in (x, *args))
+        theirs = describe(kernel(*fake_args))
+        with shape_only_quant_ops():
+            ours = describe(kernel(*fake_args))
+    assert ours == theirs == describe(kernel(x, *args))
 
 
 PTE_SLOW = [("fp16", None), ("8w", None), ("8da4w", 8), ("8da4w", 4)]
