@@ -217,7 +217,28 @@ def lower_custom_ops(program: torch.export.ExportedProgram, options: ExportOptio
         torch.ops.aten.softplus.default: _softplus,
     }
     program = drop_asserts(program).run_decompositions(table)
-    return dedupe(fold_round_trips(dynamic_views_as_minus_one(program)))
+    program = dedupe(fold_round_trips(dynamic_views_as_minus_one(program)))
+    root_provenance(program.graph_module)
+    return program
+
+
+def root_provenance(graph_module: torch.fx.GraphModule) -> None:
+    """Cut each node's provenance (`meta["from_node"]`) down to the export-graph node it descends from.
+
+    Every retracing pass records a node's provenance as a deep copy of its source's whole chain, one
+    level deeper per pass, so the copies grow with the number of passes run so far (a tenth of a
+    lowering's time). ExecuTorch reads only the chain's root, the node of the exported graph that a
+    debug handle names (`get_greatest_ancestor_node_identifier`), so the root is what is kept: the
+    same debug handles, byte for byte the same program (`test_lowering_shortcuts_write_the_same_program`).
+    """
+    for node in graph_module.graph.nodes:
+        chain = node.meta.get("from_node")
+        if not chain:
+            continue
+        root = chain[-1]
+        while root.from_node:
+            root = root.from_node[-1]
+        node.meta["from_node"] = [root]
 
 
 def drop_asserts(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
@@ -424,6 +445,7 @@ def lower_to_xnnpack(program: torch.export.ExportedProgram, constant_methods: di
     with _capture_logs("executorch.backends.xnnpack") as notes:
         edge = to_edge_transform_and_lower(
             program,
+            transform_passes=[root_provenance],
             partitioner=[xnnpack_partitioner()],
             constant_methods=constant_methods,
             compile_config=EdgeCompileConfig(_check_ir_validity=False),

@@ -213,7 +213,7 @@ def shape_only_quant_ops() -> Iterator[None]:
     kernels that, on a bare FakeTensor with no graph being traced, return empty tensors of the
     body's shape and dtype, and otherwise run the body: real tensors compute as before, and a trace
     that decomposes the op records the same nodes. The lowered program is byte for byte the same
-    (`test_shape_only_quant_ops_lower_the_same_program`); a 4-layer 8da4w lowering takes 0.76x the time.
+    (`test_lowering_shortcuts_write_the_same_program`); a 4-layer 8da4w lowering takes 0.76x the time.
     The override is a torch.library registration that is removed on exit.
     """
     library = torch.library.Library("torchao", "IMPL")

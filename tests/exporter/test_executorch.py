@@ -169,6 +169,25 @@ def test_lowering_hands_to_edge_no_asserts_and_no_per_node_check():
     assert xnnpack_partitioner().ops_to_not_decompose(dynamic)[1] is not None
 
 
+def test_rooted_provenance_names_the_same_exported_nodes():
+    """`root_provenance` cuts each chain to one level and keeps the exported node a debug handle names."""
+    from executorch.exir.debug_handle_utils import get_greatest_ancestor_node_identifier as root_of
+
+    from exporter.executorch import export_program, root_provenance
+
+    def depth(source):
+        return 1 + max((depth(parent) for parent in source.from_node), default=0)
+
+    options = ExportOptions(max_seq_len=16, prefill_chunk=8)
+    program = export_program(random_model(preset("tiny"), seed=0), options).run_decompositions({}).run_decompositions({})
+    nodes = [n for n in program.graph.nodes if n.meta.get("from_node")]
+    before = {n.name: root_of(n) for n in nodes}
+    assert max(depth(n.meta["from_node"][-1]) for n in nodes) >= 2  # two retraces: chains two deep
+    root_provenance(program.graph_module)
+    assert {n.name: root_of(n) for n in nodes} == before
+    assert all(len(n.meta["from_node"]) == 1 and depth(n.meta["from_node"][0]) == 1 for n in nodes)
+
+
 def test_tied_embedding_is_stored_once(tmp_path):
     """The tied 248320-row embedding: the program's files hold it once, not twice."""
     config = preset("tiny")  # one layer: the check is about the table, and lowering time grows with layers

@@ -140,14 +140,16 @@ def test_pte_8da4w_on_tiny_matches_the_quantized_model_and_stores_the_embedding_
     assert (got - expected).norm() / expected.norm() < 0.05  # per-token activation rounding differs from eager
 
 
-def test_shape_only_quant_ops_lower_the_same_program(tiny_8da4w, tmp_path, monkeypatch):
-    """Lowering with torchao's own op bodies for fake propagation writes the same bytes."""
+def test_lowering_shortcuts_write_the_same_program(tiny_8da4w, tmp_path, monkeypatch):
+    """Lowering without the shortcuts (torchao's own op bodies for fake propagation, whole provenance
+    chains) writes the same bytes."""
     import contextlib
 
     import exporter.executorch as et
 
     model, config, options, _, out = tiny_8da4w
     monkeypatch.setattr(et, "shape_only_quant_ops", contextlib.nullcontext)
+    monkeypatch.setattr(et, "root_provenance", lambda graph_module: None)
     et.export_executorch(model, config, tmp_path, options)
     for name in (et.PTE, et.PTD):
         assert (tmp_path / name).read_bytes() == (out / name).read_bytes(), name
