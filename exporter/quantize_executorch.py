@@ -192,7 +192,8 @@ def _shape_only_kernels() -> dict[str, Any]:
 
     def dequantize_affine(input, block_size, scale, zero_point, input_dtype, quant_min=None, quant_max=None,
                           output_dtype=torch.float32):
-        if not _is_fake_propagation(input) or input.dtype != input_dtype and input_dtype not in qp._SUB_BYTE_UINT_BOUNDS:
+        mismatch = input.dtype != input_dtype and input_dtype not in qp._SUB_BYTE_UINT_BOUNDS  # the body says so
+        if not _is_fake_propagation(input) or mismatch:
             return body["dequantize_affine"](input, block_size, scale, zero_point, input_dtype, quant_min, quant_max,
                                              output_dtype)
         qp._get_and_check_qmin_qmax(input_dtype, quant_min, quant_max)
@@ -209,7 +210,7 @@ def shape_only_quant_ops() -> Iterator[None]:
     torchao defines choose_qparams_affine / quantize_affine / dequantize_affine as
     CompositeImplicitAutograd ops, so every pass that re-propagates fake tensors (export, each
     decomposition retrace, XNNPACK's preprocess passes, to_executorch) runs each op's Python body,
-    a dozen ops on symbolic shapes, six times per quantized linear. Here they are overridden with
+    a dozen ops on symbolic shapes, for each of the four such ops of every quantized linear. Here they are overridden with
     kernels that, on a bare FakeTensor with no graph being traced, return empty tensors of the
     body's shape and dtype, and otherwise run the body: real tensors compute as before, and a trace
     that decomposes the op records the same nodes. The lowered program is byte for byte the same

@@ -193,6 +193,19 @@ def test_shape_only_quant_ops_match_torchao(op, args, shape, dtype):
     assert ours == theirs == describe(kernel(x, *args))
 
 
+def test_shape_only_quant_ops_keep_torchaos_errors():
+    """A dtype the op's body refuses is refused on fake tensors too, with the body's message."""
+    import torchao.quantization.quant_primitives  # noqa: F401  defines the ops
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from exporter.quantize_executorch import shape_only_quant_ops
+
+    with FakeTensorMode() as mode, shape_only_quant_ops():
+        codes, scale = mode.from_tensor(torch.zeros(4, 64, dtype=torch.int32)), mode.from_tensor(torch.ones(4, 2))
+        with pytest.raises(AssertionError, match="Expected: torch.int8, got: torch.int32"):
+            torch.ops.torchao.dequantize_affine(codes, [1, 32], scale, None, torch.int8, -8, 7)
+
+
 PTE_SLOW = [("fp16", None), ("8w", None), ("8da4w", 8), ("8da4w", 4)]
 
 
