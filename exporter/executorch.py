@@ -204,7 +204,8 @@ def lower_custom_ops(program: torch.export.ExportedProgram, options: ExportOptio
     """Replace each qwen35:: op by the decomposition its module declares for ExecuTorch, then tidy the graph.
 
     Before: export's dtype asserts dropped (`drop_asserts`). Tidying after: `-1` for the dynamic size
-    of views, layout round trips folded, repeated pure ops computed once.
+    of views, layout round trips folded, repeated pure ops computed once, provenance cut to its root
+    (`root_provenance`).
     """
     from ops.causal_conv1d import executorch_decomposition as conv
     from ops.gated_delta_rule import executorch_decomposition as delta_rule
