@@ -5,16 +5,19 @@ written once as a multimodal-layout HF checkpoint (what ONNX Runtime GenAI's bui
 our loader and ExecuTorch's converter read it too). Then, each step in its own subprocess so
 that its wall time and peak RSS (os.wait4) are its own:
 
-    export   ours: load + quantize + lower one scheme to one format (exporter.onnx / exporter.executorch)
-    run      ours: one prefill call of --prompt tokens, then --decode greedy steps (best of --repeats)
+    export   ours: load + quantize + lower one scheme to one format (exporter.onnx / exporter.executorch),
+             the text decoder alone (`--text-only`: the peers export no vision path either)
+    run      ours: one prefill call of --prompt tokens, then --decode greedy steps (best of --repeats),
+             as an app (bench/memory.py: no memory locking); RSS read before the model loads too
     peers    ONNX Runtime GenAI's model builder (-p int4, -p fp32; run with plain onnxruntime like ours)
              and ExecuTorch's own export_llm Qwen3.5 path (fp32 and 8da4w; bench/upstream_executorch.py)
 
 For each artifact: size, export time and peak RSS, prefill and decode tok/s, peak RSS while
-running, and the decode rate as a fraction of this machine's memory-bandwidth limit: bytes
-read per decoded token (every weight byte the token's matmuls read: the artifact's weights
-minus a lookup-only copy of the embedding, plus the DeltaNet states read and written) times
-tok/s, divided by a read bandwidth measured in the same run (numpy sum over a 1 GiB array).
+running (and that minus the RSS before the model loaded: the model's own), and the decode rate
+as a fraction of this machine's memory-bandwidth limit: bytes read per decoded token (every
+weight byte the token's matmuls read: the artifact's weights minus a lookup-only copy of the
+embedding, plus the DeltaNet states read and written) times tok/s, divided by a read
+bandwidth measured in the same run (numpy sum over a 1 GiB array).
 
 This is a measuring tool, not a test: run it alone on the machine (a full run exports ~10
 schemes x 2 presets; the ExecuTorch lowerings of the 2B take tens of minutes each).
@@ -41,6 +44,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench.memory import rss_bytes, run_as_an_app  # noqa: E402
 
 # Scheme names as the tolerance table keys them: "+emb4" is the int4 embedding / LM head.
 SCHEMES = ("fp32", "fp16", "8w", "4w", "4w+emb4", "8da4w", "8da4w+emb4")
@@ -98,8 +103,11 @@ def step_export(args) -> dict:
     from exporter.artifact import ExportOptions
     from exporter.checkpoint import load_model
 
+    from exporter.config import text_only
+
     quant, bits = split_scheme(args.scheme)
     config, model, _ = load_model(args.checkpoint)
+    config = text_only(config)  # the checkpoint is multimodal for the builder; the peers export the decoder alone
     from exporter.quantize import SCHEMES as OFFERED
 
     group = int(args.group_size) if OFFERED[quant].grouped else None
@@ -122,8 +130,9 @@ def step_export(args) -> dict:
 
 
 def step_run(args) -> dict:
-    """One prefill call of --prompt random ids, then --decode greedy steps; best of --repeats runs."""
-    forward = _onnx_forward(args) if args.format in ("onnx", "builder") else _pte_forward(args)
+    """One prefill call of --prompt random ids, then --decode greedy steps; best of --repeats runs (as an app)."""
+    run_as_an_app()
+    forward, runtime_rss = _onnx_forward(args) if args.format in ("onnx", "builder") else _pte_forward(args)
     ids = np.random.default_rng(0).integers(0, args.vocab, size=args.prompt)
     prefill, decode = [], []
     for _ in range(args.repeats):
@@ -134,7 +143,8 @@ def step_run(args) -> dict:
         for i in range(args.decode):
             token = int(np.argmax(forward(np.array([token]), args.prompt + i)))
         decode.append(time.perf_counter() - start)
-    return {"prefill_tok_s": args.prompt / min(prefill), "decode_tok_s": args.decode / min(decode)}
+    return {"prefill_tok_s": args.prompt / min(prefill), "decode_tok_s": args.decode / min(decode),
+            "runtime_rss_mb": runtime_rss / 2**20}
 
 
 def _onnx_forward(args):
@@ -145,6 +155,7 @@ def _onnx_forward(args):
 
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
+    runtime_rss = rss_bytes()
     session = ort.InferenceSession(str(Path(args.out) / "model.onnx"), options, providers=["CPUExecutionProvider"])
     runner, state = Runner(session, head_dim=preset(args.preset).text.head_dim), {}
 
@@ -155,7 +166,7 @@ def _onnx_forward(args):
         logits, state = runner.call(np.asarray(ids, np.int64)[None], state)
         return logits[0]
 
-    return forward
+    return forward, runtime_rss
 
 
 def _pte_forward(args):
@@ -168,13 +179,14 @@ def _pte_forward(args):
     portable_lib._unsafe_reset_threadpool(args.threads)
     out = Path(args.out)
     data = out / "model.ptd"
+    runtime_rss = rss_bytes()
     method = Runtime.get().load_program(out / "model.pte", data_path=data if data.exists() else None).load_method("forward")
 
     def forward(ids, pos, reset=False):  # input_pos 0 starts a new sequence (exporter/artifact.py)
         tokens = torch.as_tensor(np.asarray(ids, np.int64)).view(1, -1)
         return method.execute([tokens, torch.tensor([pos])])[0].float().numpy()[0]
 
-    return forward
+    return forward, runtime_rss
 
 
 def step_builder(args) -> dict:
@@ -224,7 +236,8 @@ def state_bytes(preset_name: str) -> int:
 def run_and_record(entry: dict, out: Path, work: Path, args, preset: str, fmt: str, vocab: int) -> dict:
     run = step("run", work / f"{out.name}.run.log", out=out, format=fmt, preset=preset, prompt=args.prompt,
                decode=args.decode, repeats=args.repeats, threads=args.threads, vocab=vocab)
-    entry.update(prefill_tok_s=run["prefill_tok_s"], decode_tok_s=run["decode_tok_s"], run_peak_rss_mb=run["peak_rss_mb"])
+    entry.update(prefill_tok_s=run["prefill_tok_s"], decode_tok_s=run["decode_tok_s"], run_peak_rss_mb=run["peak_rss_mb"],
+                 runtime_rss_mb=run["runtime_rss_mb"])
     return entry
 
 
@@ -274,6 +287,7 @@ def bench_peers(preset: str, checkpoint: Path, work: Path, args, vocab: int, hid
                         "bytes_per_token": size - lookup + state_bytes(preset),
                         "prefill_tok_s": run["prefill_tok_s"], "decode_tok_s": run["decode_tok_s"],
                         "run_peak_rss_mb": run["run_peak_rss_bytes"] / 2**20,
+                        "runtime_rss_mb": run["runtime_rss_bytes"] / 2**20,
                         "note": "prefill token by token (its forward takes [1, 1])"})
     return entries
 
@@ -293,6 +307,7 @@ def measure(args, work: Path) -> dict:
             report["entries"] += bench_peers(name, checkpoint, work, args, text.vocab_size, text.hidden_size)
     for entry in report["entries"]:
         entry["bandwidth_fraction"] = entry["bytes_per_token"] * entry["decode_tok_s"] / (report["bandwidth_gbs"] * 1e9)
+        entry["model_rss_mb"] = entry["run_peak_rss_mb"] - entry["runtime_rss_mb"]
     return report
 
 
@@ -300,6 +315,7 @@ COLUMNS = [("preset", "preset", "{}"), ("who", "who", "{}"), ("format", "format"
            ("size MB", "size_mb", "{:.1f}"), ("export s", "export_s", "{:.1f}"),
            ("export RSS MB", "export_peak_rss_mb", "{:.0f}"), ("prefill tok/s", "prefill_tok_s", "{:.1f}"),
            ("decode tok/s", "decode_tok_s", "{:.2f}"), ("run RSS MB", "run_peak_rss_mb", "{:.0f}"),
+           ("model RSS MB", "model_rss_mb", "{:.0f}"),
            ("MB/token", "bytes_per_token", "{:.1f}"), ("of bandwidth", "bandwidth_fraction", "{:.0%}")]
 
 

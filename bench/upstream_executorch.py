@@ -290,8 +290,8 @@ def run_upstream(pte: Path, *, prompt_len: int = 128, gen_len: int = 64, threads
     """Prefill `prompt_len` random ids and decode `gen_len` greedy tokens with upstream's program, in a subprocess.
 
     The sequence runs `repeats` (>= 2) times from position 0; tok/s are the best run's. Returns
-    prefill_tok_s, decode_tok_s, run_peak_rss_bytes (the child's own), load_seconds, the runs'
-    times, finite (all logits finite) and deterministic (every run gave identical logits and
+    prefill_tok_s, decode_tok_s, run_peak_rss_bytes (the child's own, run as an app: bench/memory.py),
+    runtime_rss_bytes (before the program loads), load_seconds, the runs' times, finite (all logits finite) and deterministic (every run gave identical logits and
     tokens). With `logits_path`, the last prompt position's logits are saved there (.npy).
     """
     if repeats < 2:
@@ -317,8 +317,13 @@ def _run_child(args) -> None:
     from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the repository root
+    from bench.memory import rss_bytes, run_as_an_app
+
+    run_as_an_app()
     register_custom_ops()
     portable_lib._unsafe_reset_threadpool(args.threads)
+    runtime_rss_bytes = rss_bytes()
     start = time.perf_counter()
     program = Runtime.get().load_program(Path(args.pte))
     method = program.load_method("forward")
@@ -369,6 +374,7 @@ def _run_child(args) -> None:
                              for r in runs[1:]),
         "generated": first["tokens"][:16],
         "self_peak_rss_bytes": _self_peak_rss_bytes(),
+        "runtime_rss_bytes": runtime_rss_bytes,
     }
     Path(args.result).write_text(json.dumps(result))
 

@@ -49,6 +49,7 @@ class ExportOptions:
     embedding_bits: int | None = None  # embedding / tied LM head of 4w / 8da4w: 8 (default) or 4
     onnx_profile: str = "ort"  # "ort" (ONNX Runtime contrib ops) or "portable" (standard ONNX only)
     vision_max_tokens: int = 1024  # multimodal checkpoints: most tokens one image becomes (about 1 Mpx)
+    text_only: bool = False  # multimodal checkpoints: the decoder alone (no vision encoder, no image inputs)
 
     def __post_init__(self):
         recipe = resolve(self.quant, self.group_size, self.embedding_bits)  # raises on a bad name or option

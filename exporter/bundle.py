@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from exporter.artifact import Artifact, ExportOptions
-from exporter.config import PRESETS, ModelConfig, to_hf
+from exporter.config import PRESETS, ModelConfig, text_only, to_hf
 from exporter.errors import QwenEdgeError
 from exporter.tokenizer import TokenizerInfo, copy_tokenizer, encode, tokenizer_info
 from runtime.bundle import MANIFEST, SCHEMA_VERSION, file_entry
@@ -291,6 +291,8 @@ def _build(spec: str, staging: Path, formats: Sequence[str], options: ExportOpti
     """Every stage that writes into `staging`, in order."""
     progress.stage("load model")
     source = resolve_model(spec)
+    if options.text_only:
+        source.config = text_only(source.config)
     tokenizer = tokenizer_info(source.checkpoint, source.config)
     progress.stage("golden outputs")
     trace = golden_trace(source, tokenizer, steps)

@@ -115,6 +115,12 @@ class ModelConfig:
 # ---------------------------------------------------------------------------
 
 
+def text_only(config: ModelConfig) -> ModelConfig:
+    """The decoder alone: no vision tower and no image token ids, as a text-only app embeds it."""
+    return dataclasses.replace(config, vision=None, image_token_id=None, video_token_id=None,
+                               vision_start_token_id=None, vision_end_token_id=None)
+
+
 def load_config(path: str | Path) -> ModelConfig:
     """Read `config.json` from a checkpoint directory (or the file itself)."""
     path = Path(path)

@@ -163,3 +163,28 @@ def test_inspect_lists_the_vision_encoders(multimodal):
     text = inspect_any(str(bundle.root))
     assert "vision encoder onnx (fp32" in text and "vision encoder pte (fp32" in text
     assert f"'image': {PAD}" in text and "images: 65536..1048576 px" in text
+
+
+@torch.no_grad()
+def test_text_only_export_of_a_multimodal_checkpoint_drops_every_image_path(multimodal, tmp_path):
+    """`--text-only`: no vision encoder, no image method or input, a text-only config; text logits unchanged."""
+    hf, checkpoint, full = multimodal
+    assert list(full.artifact("pte")["details"]["methods"]) == ["forward", "forward_with_images"]
+    out = tmp_path / "text-only"
+    assert main(["export", str(checkpoint), "--out", str(out), "--format", "onnx,pte", "--text-only",
+                 "--max-seq-len", "64", "--prefill-chunk", "16"]) == 0
+    bundle = open_bundle(out)
+    manifest = bundle.manifest
+    assert "vision" not in manifest and "vision_config" not in manifest["model"]
+    assert manifest["export"]["text_only"] is True and manifest["validation"]["passed"]
+    assert not any(path.name.startswith("vision") for path in out.iterdir())
+    assert list(bundle.artifact("pte")["details"]["methods"]) == ["forward"]
+    import onnx
+
+    inputs = [i.name for i in onnx.load(str(out / "model.onnx"), load_external_data=False).graph.input]
+    assert "input_ids" in inputs and "image_embeds" not in inputs
+    ids = [21, 22, 23, 24, 25]
+    ref = hf(input_ids=torch.tensor([ids])).logits[:, -1]
+    for backend in ("onnx", "pte"):
+        logits = runtime.load(bundle, backend).prefill(ids)
+        assert_close_to_scale(torch.from_numpy(logits)[None], ref, f"{backend}: text-only bundle")
