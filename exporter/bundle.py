@@ -128,7 +128,7 @@ def export_format(source: Source, staging: Path, fmt: str, options: ExportOption
     if report.get("embedding"):
         artifact.details["kernels_required"] = (
             "stock ExecuTorch runtime: portable kernels + XNNPACK + the quantized kernels library "
-            "(quantized_decomposed::embedding_byte / embedding_4bit, linked by ExecuTorch's LLM runners); no custom ops")
+            "(quantized_decomposed::embedding_byte, linked by ExecuTorch's LLM runners); no custom ops")
     return artifact
 
 

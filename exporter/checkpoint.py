@@ -4,9 +4,10 @@ Handles the multimodal layout (`model.language_model.*`, `model.visual.*`,
 `lm_head.*`), the text-only layout (`model.*`), single-file and sharded
 (`model.safetensors.index.json`) checkpoints, MoE experts stored per expert or
 fused, tied or untied LM heads, and the multi-token-prediction head (`mtp.*`),
-which is recognised and set aside. Weights are read tensor by tensor from
-memory-mapped files into a model built on the meta device, so a load holds
-one copy of the weights (plus one tensor in flight for a dtype cast).
+which is recognised and set aside. Weights are read tensor by tensor, with
+plain file reads, into a model built on the meta device, so a load holds one
+copy of the weights (plus one tensor in flight for a dtype cast) and nothing
+of the files stays mapped.
 
 `load_model` reads the decoder and lists the vision tower's tensors;
 `load_vision` reads those tensors (`model.visual.*`) into the vision tower.
@@ -79,17 +80,29 @@ def checkpoint_files(path: Path) -> list[Path]:
     return files
 
 
-def _open_all(files: list[Path], stack: ExitStack) -> dict[str, object]:
-    """key -> open safetensors handle holding it (memory-mapped)."""
-    handles: dict[str, object] = {}
+@dataclass(frozen=True)
+class _Stored:
+    """Where one tensor lives: its file's safetensors handle, the open file, the data's byte offset."""
+
+    handle: object
+    file: object  # the file opened for plain reads
+    offset: int
+
+
+def _open_all(files: list[Path], stack: ExitStack) -> dict[str, _Stored]:
+    """key -> where the tensor is stored (safetensors validates each file's header and extent)."""
+    stored: dict[str, _Stored] = {}
     for file in files:
         try:
             handle = stack.enter_context(safe_open(str(file), framework="pt"))
+            raw = stack.enter_context(open(file, "rb", buffering=0))
+            header_size = int.from_bytes(raw.read(8), "little")
+            header = json.loads(raw.read(header_size))
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointError(f"{file}: not a readable safetensors file ({err}); re-download or re-save it") from err
         for key in handle.keys():
-            handles[key] = handle
-    return handles
+            stored[key] = _Stored(handle, raw, 8 + header_size + header[key]["data_offsets"][0])
+    return stored
 
 
 def _decoder_name(key: str) -> str | None:
@@ -121,7 +134,7 @@ def _summarise(names: list[str], limit: int = 5) -> str:
 class _Reader:
     """Reads decoder tensors by our parameter name, casting each to `dtype` as it goes."""
 
-    def __init__(self, handles: dict[str, object], dtype: torch.dtype):
+    def __init__(self, handles: dict[str, _Stored], dtype: torch.dtype):
         self.dtype = dtype
         self.handles = handles
         self.by_name: dict[str, str] = {}
@@ -138,10 +151,29 @@ class _Reader:
                 self.by_name[name] = key
 
     def tensor(self, key: str) -> torch.Tensor:
+        """The tensor in this process's own memory, read with plain file reads, then cast to `dtype`.
+
+        Not a view of safetensors' memory map: pages read through a map count towards this
+        process's resident memory while the map lives, and one kept tensor keeps the whole file
+        mapped. An fp32 checkpoint would then hold its weights twice once quantization made its
+        own copies (0.8B: 3 GB of the export's peak); read, they are held once, in the tensors.
+        """
+        stored = self.handles[key]
         try:
-            return self.handles[key].get_tensor(key).to(self.dtype)
+            mapped = stored.handle.get_tensor(key)  # dtype and shape only: nothing of the map is touched
+            value = torch.empty(mapped.shape, dtype=mapped.dtype)
+            del mapped
+            data = value.reshape(-1).view(torch.uint8).numpy()
+            stored.file.seek(stored.offset)
+            done = 0
+            while done < data.nbytes:
+                count = stored.file.readinto(memoryview(data)[done:])
+                if not count:
+                    raise OSError(f"the file ends {data.nbytes - done} bytes into the tensor's data")
+                done += count
         except (SafetensorError, OSError, RuntimeError) as err:
             raise CheckpointError(f"tensor {key}: unreadable ({err}); the file may be truncated") from err
+        return value.to(self.dtype)
 
     def fused_experts(self, base: str, part: str, num_experts: int) -> torch.Tensor | None:
         """Stack per-expert tensors into the fused layout ([E, 2I, D] gate_up, [E, D, I] down)."""
@@ -316,8 +348,8 @@ def _random_init(name: str, shape: tuple[int, ...], generator: torch.Generator) 
 def iter_checkpoint_tensors(path: Path) -> Iterator[tuple[str, tuple[int, ...], str]]:
     """(key, shape, dtype) of every tensor in a checkpoint, without reading the data."""
     with ExitStack() as stack:
-        for key, handle in _open_all(checkpoint_files(path), stack).items():
-            sliced = handle.get_slice(key)
+        for key, stored in _open_all(checkpoint_files(path), stack).items():
+            sliced = stored.handle.get_slice(key)
             yield key, tuple(sliced.get_shape()), sliced.get_dtype()
 
 

@@ -4,12 +4,12 @@
   8da4w, int8 per channel for 8w), the pattern ExecuTorch's XNNPACK partitioner lowers to its qd8
   kernels, built on `exporter.quantize.qparams`' integers (`_dynamic_int8_weight`);
 - the LM head: the same at the embedding's precision (int8 per row, or int4 grouped);
-- the embedding lookup: `QuantizedEmbedding`, ExecuTorch's quantized-kernels ops
-  (`quantized_decomposed::embedding_byte` / `embedding_4bit`), on the head's integers and scales.
-  At int8 the lookup's rows are byte for byte the head's weight, so the external data file, which
-  de-duplicates identical buffers, stores the matrix once. At int4 the two packings differ
-  (XNNPACK puts the even column in the low nibble, `embedding_4bit` in the high one): two int4
-  copies, as many bytes as one int8 copy; `tied_embedding_report` says which;
+- the embedding lookup: `QuantizedEmbedding`, on the head's integers and scales. Its table is
+  byte for byte the head's weight as XNNPACK serialises it, so the external data file, which
+  de-duplicates identical buffers, stores the matrix once: at int8 the rows themselves, read by
+  ExecuTorch's quantized-kernels op `quantized_decomposed::embedding_byte`; at int4 XNNPACK's
+  packing (code + 8, the even column in the low nibble), which `embedding_4bit` does not read
+  (it wants the even column in the high nibble), so the rows are unpacked by portable ops;
 - fp16: every weight but the ones `exporter.quantize.HIGH_PRECISION` keeps in fp32.
 
 The program then needs ExecuTorch's quantized kernels library beside the portable kernels and
@@ -48,18 +48,25 @@ class QuantizedEmbedding(nn.Module):
     def __init__(self, qdata: Tensor, scales: Tensor, bits: int, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.bits = bits
-        if bits == 4:  # embedding_4bit: even column in the high nibble, offset 8
+        if bits == 4:  # XNNPACK's qb4w packing (exir's `convert_to_qc4w`): code + 8, even column in the low nibble
             codes = (qdata.to(torch.int16) + 8).to(torch.uint8)
-            qdata = codes[:, 0::2] << 4 | codes[:, 1::2]  # [V, D/2]
+            qdata = codes[:, 1::2] << 4 | codes[:, 0::2]  # [V, D/2]
         self.register_buffer("qdata", qdata.contiguous())  # int8 [V, D] or uint8 [V, D/2]
         self.register_buffer("scales", scales.reshape(scales.shape[0], -1).squeeze(-1).contiguous())  # [V] or [V, G]
         self.register_buffer("weight", torch.empty(0, dtype=dtype), persistent=False)
 
     def forward(self, ids: Tensor) -> Tensor:
-        ops = torch.ops.quantized_decomposed
         if self.bits == 8:
+            ops = torch.ops.quantized_decomposed
             return ops.embedding_byte.dtype(self.qdata, self.scales, None, -128, 127, ids, dtype=self.weight.dtype)
-        return ops.embedding_4bit.dtype(self.qdata, self.scales, None, -8, 7, ids, dtype=self.weight.dtype)
+        # The looked-up rows only: float math on bytes 0..255 is exact, and the product (code - 8) * scale
+        # is the one `embedding_4bit` computes.
+        packed = nn.functional.embedding(ids, self.qdata).float()  # [.., D/2]
+        high = torch.floor(packed * (1.0 / 16.0))  # odd columns
+        codes = torch.stack([packed - 16.0 * high, high], dim=-1).flatten(-2) - 8.0  # [.., D]
+        scales = nn.functional.embedding(ids, self.scales)  # [.., G]
+        rows = codes.unflatten(-1, (scales.shape[-1], -1)) * scales.unsqueeze(-1)  # [.., G, D / G]
+        return rows.flatten(-2).to(self.weight.dtype)
 
 
 def _dynamic_int8_weight(weight: Tensor, bits: int, group: int | None) -> Tensor:
@@ -96,13 +103,12 @@ def _quantize_head_and_embedding(model: nn.Module, recipe: QuantRecipe) -> dict[
         qdata, scales = qparams(model.embed_tokens.weight, bits, group)
     model.embed_tokens = QuantizedEmbedding(qdata, scales, bits)
     table = model.embed_tokens.qdata.numel() * model.embed_tokens.qdata.element_size()
-    copies = 1 if tied and bits == 8 else 2
-    return {"tied": tied, "stored_once": tied and bits == 8, "copies": copies,
-            "bytes": copies * table + 2 * scales.numel() * 4,
+    copies = 1 if tied else 2
+    head_scales = scales.numel() * (2 if group else 4)  # XNNPACK stores grouped scales as bf16
+    return {"tied": tied, "stored_once": tied, "copies": copies,
+            "bytes": copies * table + head_scales + scales.numel() * 4,
             "fp32_bytes": head.shape[0] * head.shape[1] * 4 * (1 if tied else 2),
-            "note": None if copies == 1 else
-            "int4: XNNPACK packs the head's nibbles in the opposite order to embedding_4bit, so the lookup "
-            "keeps its own packed copy (two int4 copies = the bytes of one int8 copy)"}
+            "note": None}
 
 
 def _to_fp16(model: nn.Module) -> None:

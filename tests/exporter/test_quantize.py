@@ -140,6 +140,54 @@ def test_pte_8da4w_on_tiny_matches_the_quantized_model_and_stores_the_embedding_
     assert (got - expected).norm() / expected.norm() < 0.05  # per-token activation rounding differs from eager
 
 
+def test_pte_int4_embedding_is_stored_once_and_matches_the_quantized_model(tmp_path):
+    """8da4w with an int4 embedding: the lookup reads the head's XNNPACK-packed table, so the file holds it once."""
+    from exporter.executorch import export_executorch
+    from exporter.quantize_executorch import quantize_for_executorch
+    from tests.exporter.test_executorch import load_forward
+
+    config = preset("tiny")
+    config = dataclasses.replace(config, text=dataclasses.replace(config.text, layer_types=("linear_attention",)))
+    model = random_model(config, seed=5)
+    options = ExportOptions(max_seq_len=64, prefill_chunk=32, quant="8da4w", embedding_bits=4)
+    report = quantize_for_executorch(model, options.recipe)
+    export_executorch(model, config, tmp_path, options)
+    from executorch.backends.xnnpack.operators.node_visitor import NodeVisitor
+
+    assert report["embedding"]["stored_once"] and report["embedding"]["copies"] == 1
+    table = model.embed_tokens.qdata.numpy().tobytes()
+    assert table == NodeVisitor.convert_to_qc4w(model.lm_head.weight.qdata).numpy().tobytes()  # what XNNPACK stores
+    assert (tmp_path / "model.ptd").read_bytes().count(table) == 1  # lookup and head: one copy of the packed rows
+    forward = load_forward(tmp_path)
+    prompt = torch.randint(0, config.text.vocab_size, (1, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(prompt).logits[:, -1]
+    got = forward(prompt, 0)
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))
+    assert (got - expected).norm() / expected.norm() < 0.05  # per-token activation rounding differs from eager
+
+
+def test_int4_lookup_reads_xnnpacks_packing_and_equals_embedding_4bit():
+    """The table is XNNPACK's own serialisation of the head's codes; the rows are ExecuTorch's embedding_4bit's."""
+    import executorch.exir.passes.quant_fusion_pass  # noqa: F401  quantized_decomposed ops, eager kernels
+    from executorch.backends.xnnpack.operators.node_visitor import NodeVisitor
+
+    from exporter.quantize_executorch import QuantizedEmbedding
+
+    generator = torch.Generator().manual_seed(0)
+    codes = torch.randint(-8, 8, (40, 64), generator=generator, dtype=torch.int8)  # every code, both nibbles
+    scales = torch.rand(40, 2, generator=generator) + 0.01  # [V, G]: groups of 32
+    lookup = QuantizedEmbedding(codes, scales, 4)
+    assert torch.equal(lookup.qdata, NodeVisitor.convert_to_qc4w(codes))
+    ids = torch.tensor([[0, 39, 7, 7, 12]])
+    unsigned = (codes.to(torch.int16) + 8).to(torch.uint8)
+    high_nibble_first = unsigned[:, 0::2] << 4 | unsigned[:, 1::2]  # the packing embedding_4bit reads
+    expected = torch.ops.quantized_decomposed.embedding_4bit(high_nibble_first, scales, None, -8, 7, ids)
+    got = lookup(ids)
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+    assert torch.equal(got, (codes[ids].float().unflatten(-1, (2, 32)) * scales[ids].unsqueeze(-1)).flatten(-2))
+
+
 def test_lowering_shortcuts_write_the_same_program(tiny_8da4w, tmp_path, monkeypatch):
     """Lowering without the shortcuts (torchao's own op bodies for fake propagation, whole provenance
     chains) writes the same bytes."""
