@@ -9,9 +9,10 @@ then, each step in its own subprocess so that its peak RSS is its own:
     run-peer      the same for upstream's program (its forward takes what its metadata says, token by token)
 
 and prints export time and peak RSS, program size (every file the program needs), prefill and
-decode tok/s, peak RSS while running, and the ratios ours/peer. Both run on ExecuTorch's Python
-runtime with --threads threads. The last prompt position's logits of the two programs are compared
-as a check that both read the same weights.
+decode tok/s, peak RSS while running (as an app: bench/memory.py) and the model's share of it,
+and the ratios ours/peer. Both run on ExecuTorch's Python runtime with --threads threads. The
+last prompt position's logits of the two programs are compared as a check that both read the
+same weights.
 
 This is a measuring tool, not a test; run it alone on the machine. `--quick` is a smoke check on
 the tiny preset.
@@ -111,12 +112,16 @@ def step_run(args) -> dict:
     from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime
 
+    from bench.memory import rss_bytes, run_as_an_app
+
+    run_as_an_app()
     if args.peer:
         import bench.upstream_executorch  # noqa: F401  registers the custom ops upstream's program calls
     portable_lib._unsafe_reset_threadpool(args.threads)
     out = Path(args.out)
     pte = next(out.glob("*.pte"))
     data = next(out.glob("*.ptd"), None)
+    runtime_rss_mb = rss_bytes() / 2**20
     start = time.perf_counter()
     method = Runtime.get().load_program(pte, data_path=data).load_method("forward")
     load_s = time.perf_counter() - start
@@ -147,6 +152,7 @@ def step_run(args) -> dict:
         "decode_tok_s": args.decode / min(decode),
         "decode_s_all": decode,
         "peak_rss_mb": peak_rss_mb(),
+        "model_rss_mb": peak_rss_mb() - runtime_rss_mb,
     }
 
 
@@ -222,6 +228,7 @@ def format_report(report: dict, args) -> str:
         (f"prefill, tok/s ({args.prompt} tokens)", "run_prefill_tok_s"),
         (f"decode, tok/s ({args.decode} tokens)", "run_decode_tok_s"),
         ("peak RSS while running, MB", "run_peak_rss_mb"),
+        ("  of it the model's (peak - before load), MB", "run_model_rss_mb"),
     ]
     ours, peer = report["ours"], report.get("peer")
     shape = f"{args.preset} (first {args.layers} layers)" if args.layers else args.preset

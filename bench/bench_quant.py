@@ -126,7 +126,7 @@ def step_export(args) -> dict:
         quantization = quantize_for_executorch(model, options.recipe)
         export_executorch(model, config, out, options)
     embedding = quantization.get("embedding") or {}
-    return {"lookup_only_bytes": embedding.get("bytes", 0) // 2 if embedding.get("copies") == 2 else 0}
+    return {"lookup_only_bytes": embedding.get("lookup_only_bytes", 0)}
 
 
 def step_run(args) -> dict:

@@ -104,11 +104,12 @@ def _quantize_head_and_embedding(model: nn.Module, recipe: QuantRecipe) -> dict[
     model.embed_tokens = QuantizedEmbedding(qdata, scales, bits)
     table = model.embed_tokens.qdata.numel() * model.embed_tokens.qdata.element_size()
     copies = 1 if tied else 2
-    head_scales = scales.numel() * (2 if group else 4)  # XNNPACK stores grouped scales as bf16
+    head_scales = scales.numel() * (2 if group else 4)  # XNNPACK stores grouped scales as bf16, per-row ones as fp32
+    lookup_scales = 0 if tied and not group else scales.numel() * 4  # fp32; tied per-row ones are the head's bytes
     return {"tied": tied, "stored_once": tied, "copies": copies,
-            "bytes": copies * table + head_scales + scales.numel() * 4,
-            "fp32_bytes": head.shape[0] * head.shape[1] * 4 * (1 if tied else 2),
-            "note": None}
+            "bytes": copies * table + head_scales + lookup_scales,
+            "lookup_only_bytes": lookup_scales + (0 if tied else table),  # read a row at a time, never whole
+            "fp32_bytes": head.shape[0] * head.shape[1] * 4 * (1 if tied else 2)}
 
 
 def _to_fp16(model: nn.Module) -> None:
