@@ -125,10 +125,12 @@ def export_format(source: Source, staging: Path, fmt: str, options: ExportOption
     report = quantize_for_executorch(source.model, options.recipe)
     artifact = exporter_for(fmt)(source.model, source.config, staging, options)
     artifact.details["quantization"] = report
-    if report.get("embedding"):
+    if report.get("embedding", {}).get("bits") == 8:
         artifact.details["kernels_required"] = (
             "stock ExecuTorch runtime: portable kernels + XNNPACK + the quantized kernels library "
             "(quantized_decomposed::embedding_byte, linked by ExecuTorch's LLM runners); no custom ops")
+    elif report.get("embedding"):
+        artifact.details["kernels_required"] = "stock ExecuTorch runtime: portable kernels + XNNPACK; no custom ops"
     return artifact
 
 

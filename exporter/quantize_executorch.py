@@ -12,8 +12,9 @@
   (it wants the even column in the high nibble), so the rows are unpacked by portable ops;
 - fp16: every weight but the ones `exporter.quantize.HIGH_PRECISION` keeps in fp32.
 
-The program then needs ExecuTorch's quantized kernels library beside the portable kernels and
-XNNPACK (ExecuTorch's LLM runners link it; `runtime.backends` loads it into the Python runtime).
+With an int8 embedding the program then needs ExecuTorch's quantized kernels library beside the
+portable kernels and XNNPACK (ExecuTorch's LLM runners link it; `runtime.backends` loads it into
+the Python runtime); with an int4 one, nothing beyond those two.
 
 `shape_only_quant_ops`, entered around the lowering, gives torchao's quantize ops shape-only
 kernels for fake-tensor propagation (see its docstring: a quarter of a quantized lowering's time).
@@ -106,7 +107,7 @@ def _quantize_head_and_embedding(model: nn.Module, recipe: QuantRecipe) -> dict[
     copies = 1 if tied else 2
     head_scales = scales.numel() * (2 if group else 4)  # XNNPACK stores grouped scales as bf16, per-row ones as fp32
     lookup_scales = 0 if tied and not group else scales.numel() * 4  # fp32; tied per-row ones are the head's bytes
-    return {"tied": tied, "stored_once": tied, "copies": copies,
+    return {"bits": bits, "tied": tied, "stored_once": tied, "copies": copies,
             "bytes": copies * table + head_scales + lookup_scales,
             "lookup_only_bytes": lookup_scales + (0 if tied else table),  # read a row at a time, never whole
             "fp32_bytes": head.shape[0] * head.shape[1] * 4 * (1 if tied else 2)}

@@ -151,13 +151,14 @@ def test_pte_int4_embedding_is_stored_once_and_matches_the_quantized_model(tmp_p
     model = random_model(config, seed=5)
     options = ExportOptions(max_seq_len=64, prefill_chunk=32, quant="8da4w", embedding_bits=4)
     report = quantize_for_executorch(model, options.recipe)
-    export_executorch(model, config, tmp_path, options)
+    artifact = export_executorch(model, config, tmp_path, options)
     from executorch.backends.xnnpack.operators.node_visitor import NodeVisitor
 
     assert report["embedding"]["stored_once"] and report["embedding"]["copies"] == 1
     table = model.embed_tokens.qdata.numpy().tobytes()
     assert table == NodeVisitor.convert_to_qc4w(model.lm_head.weight.qdata).numpy().tobytes()  # what XNNPACK stores
     assert (tmp_path / "model.ptd").read_bytes().count(table) == 1  # lookup and head: one copy of the packed rows
+    assert not [op for op in artifact.details["export_report"]["not_delegated"] if "quantized" in op]  # stock kernels
     forward = load_forward(tmp_path)
     prompt = torch.randint(0, config.text.vocab_size, (1, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
