@@ -123,19 +123,23 @@ def tiny_8da4w(tmp_path_factory):
 
 
 def test_pte_8da4w_on_tiny_matches_the_quantized_model_and_stores_the_embedding_once(tiny_8da4w):
-    from tests.exporter.test_executorch import load_forward
-
     model, config, _, report, out = tiny_8da4w
     assert report["embedding"]["stored_once"]
     table = model.embed_tokens.qdata.numpy().tobytes()
     assert (out / "model.ptd").read_bytes().count(table) == 1  # lookup and head: one copy of the int8 rows
     import executorch.kernels.quantized  # noqa: F401
 
-    forward = load_forward(out)
-    prompt = torch.randint(0, config.text.vocab_size, (1, 12), generator=torch.Generator().manual_seed(0))
+    assert_program_matches_eager(model, config, out, seed=0)
+
+
+def assert_program_matches_eager(model, config, out, seed: int) -> None:
+    """The lowered quantized program's logits after a 12-token prompt against the eager quantized model."""
+    from tests.exporter.test_executorch import load_forward
+
+    prompt = torch.randint(0, config.text.vocab_size, (1, 12), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         expected = model(prompt).logits[:, -1]
-    got = forward(prompt, 0)
+    got = load_forward(out)(prompt, 0)
     assert torch.equal(got.argmax(-1), expected.argmax(-1))
     assert (got - expected).norm() / expected.norm() < 0.05  # per-token activation rounding differs from eager
 
@@ -144,7 +148,6 @@ def test_pte_int4_embedding_is_stored_once_and_matches_the_quantized_model(tmp_p
     """8da4w with an int4 embedding: the lookup reads the head's XNNPACK-packed table, so the file holds it once."""
     from exporter.executorch import export_executorch
     from exporter.quantize_executorch import quantize_for_executorch
-    from tests.exporter.test_executorch import load_forward
 
     config = preset("tiny")
     config = dataclasses.replace(config, text=dataclasses.replace(config.text, layer_types=("linear_attention",)))
@@ -159,13 +162,7 @@ def test_pte_int4_embedding_is_stored_once_and_matches_the_quantized_model(tmp_p
     assert table == NodeVisitor.convert_to_qc4w(model.lm_head.weight.qdata).numpy().tobytes()  # what XNNPACK stores
     assert (tmp_path / "model.ptd").read_bytes().count(table) == 1  # lookup and head: one copy of the packed rows
     assert not [op for op in artifact.details["export_report"]["not_delegated"] if "quantized" in op]  # stock kernels
-    forward = load_forward(tmp_path)
-    prompt = torch.randint(0, config.text.vocab_size, (1, 12), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        expected = model(prompt).logits[:, -1]
-    got = forward(prompt, 0)
-    assert torch.equal(got.argmax(-1), expected.argmax(-1))
-    assert (got - expected).norm() / expected.norm() < 0.05  # per-token activation rounding differs from eager
+    assert_program_matches_eager(model, config, tmp_path, seed=1)
 
 
 def test_int4_lookup_reads_xnnpacks_packing_and_equals_embedding_4bit():
