@@ -15,12 +15,12 @@ that its wall time and peak RSS (os.wait4) are its own:
 For each artifact: size, export time and peak RSS, prefill and decode tok/s, peak RSS while
 running (and that minus the RSS before the model loaded: the model's own), and the decode rate
 as a fraction of this machine's memory-bandwidth limit: bytes read per decoded token (every
-weight byte the token's matmuls read: the artifact's weights minus a lookup-only copy of the
-embedding, plus the DeltaNet states read and written) times tok/s, divided by a read
-bandwidth measured in the same run (numpy sum over a 1 GiB array).
+weight byte the token's matmuls read: the artifact's weights minus what only the embedding
+lookup reads, a row at a time, plus the DeltaNet states read and written) times tok/s, divided
+by a read bandwidth measured in the same run (numpy sum over a 1 GiB array).
 
 This is a measuring tool, not a test: run it alone on the machine (a full run exports ~10
-schemes x 2 presets; the ExecuTorch lowerings of the 2B take tens of minutes each).
+schemes x 2 presets; one 2B ExecuTorch lowering takes 4-5 minutes on a 2-core AVX-512 host).
 
     .venv/bin/python bench/bench_quant.py                          # 0.8b and 2b, every scheme, peers
     .venv/bin/python bench/bench_quant.py --presets 0.8b --formats onnx --schemes 8da4w,8da4w+emb4
@@ -102,7 +102,6 @@ def step_export(args) -> dict:
     """Ours: load the checkpoint, quantize and lower one scheme to one format (load included in the time)."""
     from exporter.artifact import ExportOptions
     from exporter.checkpoint import load_model
-
     from exporter.config import text_only
 
     quant, bits = split_scheme(args.scheme)
