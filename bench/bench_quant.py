@@ -235,8 +235,8 @@ def state_bytes(preset_name: str) -> int:
 def run_and_record(entry: dict, out: Path, work: Path, args, preset: str, fmt: str, vocab: int) -> dict:
     run = step("run", work / f"{out.name}.run.log", out=out, format=fmt, preset=preset, prompt=args.prompt,
                decode=args.decode, repeats=args.repeats, threads=args.threads, vocab=vocab)
-    entry.update(prefill_tok_s=run["prefill_tok_s"], decode_tok_s=run["decode_tok_s"], run_peak_rss_mb=run["peak_rss_mb"],
-                 runtime_rss_mb=run["runtime_rss_mb"])
+    entry.update(prefill_tok_s=run["prefill_tok_s"], decode_tok_s=run["decode_tok_s"],
+                 run_peak_rss_mb=run["peak_rss_mb"], runtime_rss_mb=run["runtime_rss_mb"])
     return entry
 
 

@@ -291,8 +291,8 @@ def run_upstream(pte: Path, *, prompt_len: int = 128, gen_len: int = 64, threads
 
     The sequence runs `repeats` (>= 2) times from position 0; tok/s are the best run's. Returns
     prefill_tok_s, decode_tok_s, run_peak_rss_bytes (the child's own, run as an app: bench/memory.py),
-    runtime_rss_bytes (before the program loads), load_seconds, the runs' times, finite (all logits finite) and deterministic (every run gave identical logits and
-    tokens). With `logits_path`, the last prompt position's logits are saved there (.npy).
+    runtime_rss_bytes (before the program loads), load_seconds, the runs' times, finite (all logits
+    finite) and deterministic (every run gave identical logits and tokens). With `logits_path`, the last prompt position's logits are saved there (.npy).
     """
     if repeats < 2:
         raise ValueError("repeats: at least 2 (the second run checks determinism)")

@@ -133,7 +133,8 @@ def _run_export(args) -> int:
 
     options = ExportOptions(max_seq_len=args.max_seq_len, prefill_chunk=args.prefill_chunk, quant=args.quant,
                             group_size=args.group_size, embedding_bits=args.embedding_bits,
-                            onnx_profile=args.onnx_profile, vision_max_tokens=args.vision_max_tokens, text_only=args.text_only)
+                            onnx_profile=args.onnx_profile, vision_max_tokens=args.vision_max_tokens,
+                            text_only=args.text_only)
     out = export_bundle(args.model, args.out, formats=args.format, options=options, force=args.force,
                         validate=args.validate, golden_steps=args.golden_steps)
     bundle = open_bundle(out, verify=False)

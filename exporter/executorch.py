@@ -227,10 +227,11 @@ def root_provenance(graph_module: torch.fx.GraphModule) -> None:
     """Cut each node's provenance (`meta["from_node"]`) down to the export-graph node it descends from.
 
     Every retracing pass records a node's provenance as a deep copy of its source's whole chain, one
-    level deeper per pass, so the copies grow with the number of passes run so far (measured: -9 % of a
-    4-layer 8da4w lowering, -3 % at fp32, when cut). ExecuTorch reads only the chain's root, the node of the exported graph that a
-    debug handle names (`get_greatest_ancestor_node_identifier`), so the root is what is kept: the
-    same debug handles, byte for byte the same program (`test_lowering_shortcuts_write_the_same_program`).
+    level deeper per pass, so the copies grow with the number of passes run so far (cutting them
+    measured -9 % of a 4-layer 8da4w lowering, -3 % at fp32). ExecuTorch reads only the chain's
+    root, the node of the exported graph that a debug handle names
+    (`get_greatest_ancestor_node_identifier`), so the root is what is kept: the same debug handles,
+    byte for byte the same program (`test_lowering_shortcuts_write_the_same_program`).
     """
     for node in graph_module.graph.nodes:
         chain = node.meta.get("from_node")

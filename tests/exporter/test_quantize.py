@@ -146,6 +146,8 @@ def assert_program_matches_eager(model, config, out, seed: int) -> None:
 
 def test_pte_int4_embedding_is_stored_once_and_matches_the_quantized_model(tmp_path):
     """8da4w with an int4 embedding: the lookup reads the head's XNNPACK-packed table, so the file holds it once."""
+    from executorch.backends.xnnpack.operators.node_visitor import NodeVisitor
+
     from exporter.executorch import export_executorch
     from exporter.quantize_executorch import quantize_for_executorch
 
@@ -155,8 +157,6 @@ def test_pte_int4_embedding_is_stored_once_and_matches_the_quantized_model(tmp_p
     options = ExportOptions(max_seq_len=64, prefill_chunk=32, quant="8da4w", embedding_bits=4)
     report = quantize_for_executorch(model, options.recipe)
     artifact = export_executorch(model, config, tmp_path, options)
-    from executorch.backends.xnnpack.operators.node_visitor import NodeVisitor
-
     assert report["embedding"]["stored_once"] and report["embedding"]["copies"] == 1
     table = model.embed_tokens.qdata.numpy().tobytes()
     assert table == NodeVisitor.convert_to_qc4w(model.lm_head.weight.qdata).numpy().tobytes()  # what XNNPACK stores
