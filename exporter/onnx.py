@@ -42,7 +42,7 @@ import onnx_ir as ir
 import torch
 from torch import Tensor, nn
 
-from exporter import onnx_ops
+from exporter import onnx_fusions, onnx_ops
 from exporter.artifact import IMAGE_EMBEDS, Artifact, ExportOptions, state_names
 from exporter.config import FULL, ModelConfig
 from exporter.errors import QwenEdgeError
@@ -145,12 +145,14 @@ def export_onnx(model: Qwen35Model, config: ModelConfig, out_dir: Path, options:
     _name_dynamic_dims(onnx_model)
     recipe = options.recipe
     quantized = quantize_onnx(onnx_model, model, recipe) if recipe.weight_bits else None
+    fusions = onnx_fusions.fuse_norms(onnx_model) if options.onnx_profile == "ort" else {}
     _default_to_no_images(onnx_model)
     external = _weight_bytes(onnx_model) > EXTERNAL_DATA_THRESHOLD
     save_atomically(onnx_model, Path(out_dir), MODEL_FILE, DATA_FILE if external else None)
     logger.info("ONNX export: wrote %s in %.0f s", Path(out_dir) / MODEL_FILE, time.perf_counter() - start)
     details = _describe(onnx_model, config, options, external)
     details["quantization"] = {**recipe.manifest("onnx"), **(quantized or {})}
+    details["fusions"] = fusions
     details["export_seconds"] = round(time.perf_counter() - start, 1)
     files = [MODEL_FILE, DATA_FILE] if external else [MODEL_FILE]
     return Artifact(format="onnx", files=files, quant=options.quant, details=details)

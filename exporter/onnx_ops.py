@@ -33,21 +33,18 @@ CONTRIB_DOMAIN = "com.microsoft"
 
 
 @functools.cache
-def contrib_op(name: str):
-    """An onnxscript op for `com.microsoft::<name>` whose schema is the one the installed ONNX Runtime registers.
+def ort_schema(name: str, domain: str = CONTRIB_DOMAIN):
+    """`onnx.defs.OpSchema` for the op `domain::name` as the installed ONNX Runtime registers it.
 
-    onnx itself does not know the contrib ops, and registering them in onnx's global schema registry
-    breaks `onnx.reference` (names clash with the default-domain LinearAttention), so the schema is
-    attached to this one op object instead.
+    Raises RuntimeError naming the fix when the runtime lacks the op.
     """
     import onnx
-    import onnxscript
     from onnxruntime.capi import onnxruntime_pybind11_state as ort_capi
 
-    found = [s for s in ort_capi.get_all_operator_schema() if s.domain == CONTRIB_DOMAIN and s.name == name]
+    found = [s for s in ort_capi.get_all_operator_schema() if s.domain == domain and s.name == name]
     if not found:
         raise RuntimeError(
-            f"onnxruntime {ort_capi.get_version_string()} has no {CONTRIB_DOMAIN}::{name}; "
+            f"onnxruntime {ort_capi.get_version_string()} has no {domain or 'ai.onnx'}::{name}; "
             "install onnxruntime >= 1.32 for the ort profile, or export with the portable profile"
         )
     src = max(found, key=lambda s: s.since_version)
@@ -57,9 +54,9 @@ def contrib_op(name: str):
         option = schema_cls.FormalParameterOption[p.option.name]
         return schema_cls.FormalParameter(p.name, p.typeStr, param_option=option, is_homogeneous=p.isHomogeneous)
 
-    schema = schema_cls(
+    return schema_cls(
         name,
-        CONTRIB_DOMAIN,
+        domain,
         src.since_version,
         inputs=[param(p) for p in src.inputs],
         outputs=[param(p) for p in src.outputs],
@@ -68,7 +65,20 @@ def contrib_op(name: str):
             schema_cls.Attribute(n, schema_cls.AttrType[a.type.name], required=a.required) for n, a in src.attributes.items()
         ],
     )
-    return onnxscript.values.Op(onnxscript.values.Opset(CONTRIB_DOMAIN, src.since_version), name, schema)
+
+
+@functools.cache
+def contrib_op(name: str):
+    """An onnxscript op for `com.microsoft::<name>` whose schema is the one the installed ONNX Runtime registers.
+
+    onnx itself does not know the contrib ops, and registering them in onnx's global schema registry
+    breaks `onnx.reference` (names clash with the default-domain LinearAttention), so the schema is
+    attached to this one op object instead.
+    """
+    import onnxscript
+
+    schema = ort_schema(name)
+    return onnxscript.values.Op(onnxscript.values.Opset(CONTRIB_DOMAIN, schema.since_version), name, schema)
 
 
 # ---------------------------------------------------------------------------------------------------
