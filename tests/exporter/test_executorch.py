@@ -17,7 +17,7 @@ import torch
 
 from exporter.artifact import ExportOptions
 from exporter.checkpoint import load_model, random_model
-from exporter.config import preset
+from exporter.config import FULL, preset
 from exporter.executorch import PTE, export_executorch
 
 ATOL = 1e-3
@@ -118,6 +118,11 @@ def test_artifact_describes_the_program(exported):
         assert not any(name.startswith(op) for name in report["not_delegated"]), op
     if not config.is_moe:  # MoE layers gather expert weights with portable ops, which split the delegate
         assert report["delegate_calls"] <= 6 * len(config.text.layer_types)
+    # KV caches are written in place; only the DeltaNet states (delegate outputs) are copied back into their buffers.
+    calls, layers = report["kernel_calls"], config.text.layer_types
+    assert calls["aten::index_put_"] == 2 * layers.count(FULL) and "aten::index_put.out" not in calls
+    assert calls["aten::copy_"] == 2 * layers.count("linear_attention")
+    assert calls["DelegateCall"] == report["delegate_calls"]
 
 
 def test_graph_tidying_folds_round_trips_and_computes_repeats_once():
