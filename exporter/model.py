@@ -236,12 +236,15 @@ class Attention(nn.Module):
         # (token-major) against the unexpanded cache: expanding the cache to H heads copied it every
         # step. Token-major, and written out rather than through SDPA: with head-major rows or SDPA's
         # output strides, torch.export cannot prove the view back to heads valid for every dynamic T.
-        rep = self.h // self.hkv
-        rows = q.view(B, self.hkv, rep, T, self.dh).transpose(2, 3).reshape(B, self.hkv, -1, self.dh)  # [B, Hkv, T*rep, Dh]
+        # 3-D bmm on [B*Hkv, ...] views, not a 4-D matmul: aten wraps that in an expand and a view of the
+        # whole cache, which ExecuTorch runs as a copy of every cache, every call, outside XNNPACK.
+        rep, S = self.h // self.hkv, keys.shape[2]
+        rows = q.view(B, self.hkv, rep, T, self.dh).transpose(2, 3).reshape(B * self.hkv, -1, self.dh)  # [B*Hkv, T*rep, Dh]
         bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill(~mask, float("-inf"))  # [T, S]
-        bias = bias.unsqueeze(1).expand(-1, rep, -1).reshape(-1, bias.shape[-1])  # [T*rep, S]
-        scores = torch.matmul(rows, keys.transpose(2, 3)) * self.dh**-0.5 + bias  # [B, Hkv, T*rep, S]
-        out = torch.matmul(torch.softmax(scores.float(), dim=-1).to(values.dtype), values)  # [B, Hkv, T*rep, Dh]
+        bias = bias.unsqueeze(1).expand(-1, rep, -1).reshape(-1, S)  # [T*rep, S]
+        keys, values = (c.reshape(B * self.hkv, S, self.dh) for c in (keys, values))  # [B*Hkv, S, Dh]
+        scores = torch.bmm(rows, keys.transpose(1, 2)) * self.dh**-0.5 + bias  # [B*Hkv, T*rep, S]
+        out = torch.bmm(torch.softmax(scores.float(), dim=-1).to(values.dtype), values)  # [B*Hkv, T*rep, Dh]
         out = out.view(B, self.hkv, -1, rep * self.dh).transpose(1, 2).reshape(B, T, -1)  # [B, T, H*Dh]
         out = out * torch.sigmoid(gate.reshape(B, T, -1))
         return self.o_proj(out), next_state
