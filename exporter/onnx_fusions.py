@@ -3,8 +3,8 @@
 The reference model writes its norms in the form ExecuTorch's XNNPACK delegate runs whole
 (`exporter.model.mean_last`: x², a 4-D mean and two reshapes), which reaches ONNX as nine to
 eleven small nodes. A decode step runs each node once, so at the 0.8B shape the 115 norms of a
-token cost ~1 000 kernel launches. Here each is rewritten into ONNX Runtime's `SimplifiedLayerNormalization` (one vectorised
-kernel; it computes mean(x²) in fp32 as the model does):
+token cost ~1 000 kernel launches. Here each is rewritten into ONNX Runtime's
+`SimplifiedLayerNormalization` (one vectorised kernel; it computes mean(x²) in fp32 as the model does):
 
 - `RMSNorm` (decoder, q/k norms): x · rsqrt(mean(x²) + eps) · w → SLN(x, w, eps);
 - `GatedRMSNorm`'s norm: w · (x · rsqrt(mean(x²) + eps)) → SLN(x, w, eps), the gate stays a Mul
@@ -35,7 +35,8 @@ from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_rms_nor
 from exporter.onnx_ops import CONTRIB_DOMAIN, ort_schema
 
 _FLOAT = ir.DataType.FLOAT
-# The ops these rules write, as (name, domain): ONNX Runtime registers SimplifiedLayerNormalization in ONNX's own domain.
+# The ops these rules write, as (name, domain).
+# ONNX Runtime registers SimplifiedLayerNormalization in ONNX's own domain.
 _WRITES = (
     ("SimplifiedLayerNormalization", ""),
     ("SkipSimplifiedLayerNormalization", CONTRIB_DOMAIN),
@@ -118,9 +119,10 @@ class _L2Norm(pattern.RewriteRuleClassBase):
 
 
 class _LinearAttentionGate(pattern.RewriteRuleClassBase):
-    """scale · softplus(a + dt_bias), softplus as torch writes it (x above 20 passes) -> com.microsoft::LinearAttentionGate.
+    """scale · softplus(a + dt_bias) -> com.microsoft::LinearAttentionGate (DeltaNet's decay, one kernel).
 
-    The op's softplus has no threshold; above 20 the two differ by log1p(e^-20) ≈ 2e-9.
+    softplus as torch writes it: x above 20 passes through. The op's softplus has no threshold;
+    above 20 the two differ by log1p(e^-20) ≈ 2e-9.
     """
 
     def pattern(self, op, a, dt_bias, threshold, scale):
@@ -134,7 +136,8 @@ class _LinearAttentionGate(pattern.RewriteRuleClassBase):
             return result.fail("not torch's softplus threshold of 20", threshold)
         heads = a.shape[-1] if a.dtype == _FLOAT and a.shape is not None else None
         for vector in (dt_bias, scale):
-            if not isinstance(heads, int) or vector.dtype != _FLOAT or vector.shape is None or list(vector.shape) != [heads]:
+            matches = isinstance(heads, int) and vector.dtype == _FLOAT and vector.shape is not None
+            if not matches or list(vector.shape) != [heads]:
                 return result.fail("dt_bias and the decay scale are not float32 [H] vectors of a's H", vector)
         return result
 
@@ -152,7 +155,7 @@ _NORM_RULES = pattern.RewriteRuleSet(
 
 
 def fuse_norms(model: ir.Model) -> dict[str, int]:
-    """Rewrite the model's norms and DeltaNet decay gates in place; returns the count of each fusion (for the export report).
+    """Rewrite the model's norms and DeltaNet decay gates in place; returns each fusion's count (for the report).
 
     Raises RuntimeError when the installed ONNX Runtime lacks one of the ops written here.
     """
