@@ -1,0 +1,178 @@
+"""Decode speed and memory as an app runs the artifacts: each in the runtime its maker ships.
+
+- `.pte` programs (ours, or ExecuTorch's own `export_llm` ones) run in ExecuTorch's stock C++ LLM
+  runner, `TextLLMRunner`: what its Android and iOS SDKs use, with the quantized and LLM custom-op
+  kernel libraries its apps link. Its Python extension is loaded by file, so the process has no
+  torch in it (the package's `__init__` imports torch; the extension does not need it). The
+  extension still maps libtorch's C++ libraries, so "model's MB" (peak minus the RSS once the
+  runtime is loaded) is the figure an app would add.
+- ONNX Runtime GenAI models (the builder's) run in `onnxruntime_genai`'s generator, with the KV
+  buffer sized to the bench's context (`max_length`), not the model's 262 144 tokens.
+
+Each measurement is its own process, run as an app (`bench.memory.run_as_an_app`), and reports the
+RSS once the runtime is imported, the peak RSS, prefill and decode tokens per second (the runner's
+own clock for `.pte`). This is a measuring tool: run it alone on the machine.
+
+    .venv/bin/python bench/bench_runners.py --tokenizer path/to/tokenizer.json \\
+        --pte ours=bundle_dir --pte export_llm=dir_with_pte --genai builder=builder_dir
+
+`--tokenizer` is a Qwen3.5 `tokenizer.json` (the runner tokenizes the prompt); a `.pte` directory
+holds `model.pte` and, if the weights are external, `model.ptd` (the first `*.pte` otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.memory import rss_bytes, run_as_an_app  # noqa: E402
+
+# A word the Qwen3.5 tokenizer encodes as one token, repeated to make a prompt of --prompt tokens.
+PROMPT_WORD = " hello"
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# Kernel libraries an LLM app links beside the runtime: quantized ops (an int8 embedding's lookup)
+# and ExecuTorch's LLM custom ops (export_llm's programs need them; ours do not). Loaded for every
+# program alike, as the app would have them.
+KERNEL_LIBRARIES = ("lib/libexecutorch_kernels_quantized.so", "extension/llm/custom_ops/libcustom_ops_aot_lib.so")
+
+
+def _llm_runner_module():
+    """ExecuTorch's `_llm_runner` extension and its kernel libraries, loaded by path so that torch is not imported."""
+    import ctypes
+    import importlib.util
+
+    spec = importlib.util.find_spec("executorch")
+    root = Path(spec.submodule_search_locations[0])
+    for library in KERNEL_LIBRARIES:
+        ctypes.CDLL(str(root / library), mode=ctypes.RTLD_GLOBAL)
+    folder = root / "extension" / "llm" / "runner"
+    library = next(folder.glob("_llm_runner*.so"))
+    module_spec = importlib.util.spec_from_file_location("_llm_runner", library)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if "torch" in sys.modules:
+        raise RuntimeError("torch was imported with the LLM runner: the RSS would include it")
+    return module
+
+
+def step_pte(args) -> dict:
+    runner_lib = _llm_runner_module()
+    folder = Path(args.model)
+    program = folder / "model.pte" if (folder / "model.pte").exists() else next(folder.glob("*.pte"))
+    data = folder / "model.ptd"
+    runtime_rss = rss_bytes()
+    runner = runner_lib.TextLLMRunner(str(program), args.tokenizer, str(data) if data.exists() else None)
+    best = {"prefill_tok_s": 0.0, "decode_tok_s": 0.0}
+    for _ in range(args.repeats):
+        stats = []
+        config = runner_lib.GenerationConfig(max_new_tokens=args.decode, temperature=0.0, echo=False)
+        runner.generate(PROMPT_WORD * args.prompt, config, stats_callback=stats.append)
+        runner.reset()
+        s = stats[-1]
+        prefill_s = (s.prompt_eval_end_ms - s.inference_start_ms) / 1e3
+        decode_s = (s.inference_end_ms - s.prompt_eval_end_ms) / 1e3
+        best["prefill_tok_s"] = max(best["prefill_tok_s"], s.num_prompt_tokens / prefill_s)
+        best["decode_tok_s"] = max(best["decode_tok_s"], (s.num_generated_tokens - 1) / decode_s)
+        best.update(prompt_tokens=s.num_prompt_tokens, generated_tokens=s.num_generated_tokens)
+    return {**best, "runtime_rss_mb": runtime_rss / 2**20, "peak_rss_mb": _peak_mb()}
+
+
+def step_genai(args) -> dict:
+    import numpy as np
+    import onnxruntime_genai as og
+
+    runtime_rss = rss_bytes()
+    config = og.Config(args.model)
+    config.clear_providers()
+    model = og.Model(config)
+    best = {"prefill_tok_s": 0.0, "decode_tok_s": 0.0}
+    ids = np.random.default_rng(0).integers(0, 248_000, size=args.prompt, dtype=np.int32)
+    for _ in range(args.repeats):
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=args.prompt + args.decode + 1, do_sample=False)
+        generator = og.Generator(model, params)
+        start = time.perf_counter()
+        generator.append_tokens(ids)
+        prefill_s = time.perf_counter() - start
+        start = time.perf_counter()
+        for _ in range(args.decode - 1):
+            generator.generate_next_token()
+        decode_s = time.perf_counter() - start
+        best["prefill_tok_s"] = max(best["prefill_tok_s"], args.prompt / prefill_s)
+        best["decode_tok_s"] = max(best["decode_tok_s"], (args.decode - 1) / decode_s)
+        del generator
+    return {**best, "prompt_tokens": args.prompt, "generated_tokens": args.decode,
+            "runtime_rss_mb": runtime_rss / 2**20, "peak_rss_mb": _peak_mb()}
+
+
+def _threads(model: Path, threads: int) -> None:
+    """Set the builder's intra-op thread count in its genai_config.json (the bench's own copy)."""
+    path = model / "genai_config.json"
+    config = json.loads(path.read_text())
+    config["model"]["decoder"]["session_options"]["intra_op_num_threads"] = threads
+    path.write_text(json.dumps(config, indent=1))
+
+
+STEPS = {"pte": step_pte, "genai": step_genai}
+
+
+def measure(kind: str, label: str, model: str, args) -> dict:
+    command = [sys.executable, __file__, f"--step={kind}", f"--model={model}", f"--prompt={args.prompt}",
+               f"--decode={args.decode}", f"--repeats={args.repeats}", f"--tokenizer={args.tokenizer}"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, errors="replace")
+    if done.returncode != 0:
+        sys.exit(f"{label} ({kind}) failed:\n{done.stderr[-3000:]}")
+    result = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+    return {"who": label, "runtime": "ExecuTorch TextLLMRunner" if kind == "pte" else "onnxruntime-genai", **result}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pte", action="append", default=[], metavar="LABEL=DIR")
+    parser.add_argument("--genai", action="append", default=[], metavar="LABEL=DIR")
+    parser.add_argument("--tokenizer", help="a Qwen3.5 tokenizer.json (the LLM runner tokenizes the prompt)")
+    parser.add_argument("--prompt", type=int, default=128)
+    parser.add_argument("--decode", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2, help="the builder's intra-op threads (ExecuTorch's "
+                                                                "threadpool takes the core count)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--step", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.step:
+        run_as_an_app()
+        print(json.dumps(STEPS[args.step](args)))
+        return
+    if args.pte and not args.tokenizer:
+        parser.error("--pte needs --tokenizer: ExecuTorch's LLM runner tokenizes the prompt")
+    runs = [("pte", *spec.split("=", 1)) for spec in args.pte] + [("genai", *spec.split("=", 1)) for spec in args.genai]
+    for kind, _, model in runs:
+        if kind == "genai":
+            _threads(Path(model), args.threads)
+    results = [measure(kind, label, model, args) for kind, label, model in runs]
+    print(f"prompt {args.prompt} tokens, decode {args.decode}, best of {args.repeats}; RSS as an app\n")
+    print("| who | runtime | prefill tok/s | decode tok/s | RSS after import MB | peak RSS MB | model's MB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['who']} | {r['runtime']} | {r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.2f} | "
+              f"{r['runtime_rss_mb']:.0f} | {r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] - r['runtime_rss_mb']:.0f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
