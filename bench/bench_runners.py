@@ -9,6 +9,9 @@
 - ONNX Runtime GenAI models (the builder's) run in `onnxruntime_genai`'s generator, with the KV
   buffer sized to the bench's context (`max_length`), not the model's 262 144 tokens.
 
+Both runtimes use a thread per core by default (ExecuTorch's threadpool, ONNX Runtime's intra-op
+pool): on this 2-core machine, 2 threads, like the other benches.
+
 Each measurement is its own process, run as an app (`bench.memory.run_as_an_app`), and reports the
 RSS once the runtime is imported, the peak RSS, prefill and decode tokens per second (the runner's
 own clock for `.pte`). This is a measuring tool: run it alone on the machine.
@@ -118,14 +121,6 @@ def step_genai(args) -> dict:
             "runtime_rss_mb": runtime_rss / 2**20, "peak_rss_mb": _peak_mb()}
 
 
-def _threads(model: Path, threads: int) -> None:
-    """Set the builder's intra-op thread count in its genai_config.json (the bench's own copy)."""
-    path = model / "genai_config.json"
-    config = json.loads(path.read_text())
-    config["model"]["decoder"]["session_options"]["intra_op_num_threads"] = threads
-    path.write_text(json.dumps(config, indent=1))
-
-
 STEPS = {"pte": step_pte, "genai": step_genai}
 
 
@@ -146,8 +141,6 @@ def main(argv=None) -> None:
     parser.add_argument("--tokenizer", help="a Qwen3.5 tokenizer.json (the LLM runner tokenizes the prompt)")
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--decode", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2, help="the builder's intra-op threads (ExecuTorch's "
-                                                                "threadpool takes the core count)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--step", help=argparse.SUPPRESS)
@@ -160,9 +153,6 @@ def main(argv=None) -> None:
     if args.pte and not args.tokenizer:
         parser.error("--pte needs --tokenizer: ExecuTorch's LLM runner tokenizes the prompt")
     runs = [("pte", *spec.split("=", 1)) for spec in args.pte] + [("genai", *spec.split("=", 1)) for spec in args.genai]
-    for kind, _, model in runs:
-        if kind == "genai":
-            _threads(Path(model), args.threads)
     results = [measure(kind, label, model, args) for kind, label, model in runs]
     print(f"prompt {args.prompt} tokens, decode {args.decode}, best of {args.repeats}; RSS as an app\n")
     print("| who | runtime | prefill tok/s | decode tok/s | RSS after import MB | peak RSS MB | model's MB |")
