@@ -238,7 +238,7 @@ def onnx_read_adjustment(out: Path) -> int:
         if tensor.name in ("cos_cache", "sin_cache"):
             adjustment -= size
         elif tensor.data_type == onnx.TensorProto.FLOAT16 and uses and all(
-            n.op_type == "Cast" and n.attribute[0].i == onnx.TensorProto.FLOAT for n in uses
+            n.op_type == "Cast" and onnx.helper.get_node_attr_value(n, "to") == onnx.TensorProto.FLOAT for n in uses
         ):
             adjustment += size
     return adjustment

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench import steps  # noqa: E402
 from bench.memory import rss_bytes, run_as_an_app  # noqa: E402
 
 # A word the Qwen3.5 tokenizer encodes as one token, repeated to make a prompt of --prompt tokens.
@@ -125,12 +125,7 @@ STEPS = {"pte": step_pte, "genai": step_genai}
 
 
 def measure(kind: str, label: str, model: str, args) -> dict:
-    command = [sys.executable, __file__, f"--step={kind}", f"--model={model}", f"--prompt={args.prompt}",
-               f"--decode={args.decode}", f"--repeats={args.repeats}", f"--tokenizer={args.tokenizer}"]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, errors="replace")
-    if done.returncode != 0:
-        sys.exit(f"{label} ({kind}) failed:\n{done.stderr[-3000:]}")
-    result = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+    result = steps.run_step(__file__, kind, args, driver_only=steps.DRIVER_ONLY + ("pte", "genai"), model=model)
     return {"who": label, "runtime": "ExecuTorch TextLLMRunner" if kind == "pte" else "onnxruntime-genai", **result}
 
 

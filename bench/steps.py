@@ -26,7 +26,7 @@ def run_step(script: str, name: str, args, driver_only: tuple[str, ...] = DRIVER
         flag = f"--{key.replace('_', '-')}"
         flags.append(flag if value is True else f"{flag}={value}")
     command = [sys.executable, script, f"--step={name}", *flags]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, errors="replace")  # runners print raw bytes
     if done.returncode != 0:
         sys.exit(f"step {name} failed ({done.returncode}):\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
