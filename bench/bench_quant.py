@@ -25,6 +25,7 @@ schemes x 2 presets; one 2B ExecuTorch lowering takes 4-5 minutes on a 2-core AV
     .venv/bin/python bench/bench_quant.py                          # 0.8b and 2b, every scheme, peers
     .venv/bin/python bench/bench_quant.py --presets 0.8b --formats onnx --schemes 8da4w,8da4w+emb4
     .venv/bin/python bench/bench_quant.py --presets 0.8b --formats pte --schemes 8da4w --upstream 8da4w
+    .venv/bin/python bench/bench_quant.py --presets 0.8b --formats pte,pte-llm --schemes 8da4w+emb4 --builder ""
     .venv/bin/python bench/bench_quant.py --quick                  # tiny shapes: a smoke check
 """
 
@@ -51,6 +52,8 @@ from bench.memory import rss_bytes, run_as_an_app  # noqa: E402
 SCHEMES = ("fp32", "fp16", "8w", "4w", "4w+emb4", "8da4w", "8da4w+emb4")
 BUILDER_PRECISIONS = ("int4", "fp32")
 UPSTREAM_QUANTS = (None, "8da4w")
+# Formats: onnx, pte (kernels "stock"), pte-llm (the .pte with ExecuTorch's LLM custom ops, --pte-kernels llm).
+PTE_KERNELS = {"pte": "stock", "pte-llm": "llm"}
 
 
 def split_scheme(name: str) -> tuple[str, int | None]:
@@ -111,7 +114,7 @@ def step_export(args) -> dict:
 
     group = int(args.group_size) if OFFERED[quant].grouped else None
     options = ExportOptions(max_seq_len=args.max_seq_len, prefill_chunk=args.prompt, quant=quant, group_size=group,
-                            embedding_bits=bits)
+                            embedding_bits=bits, pte_kernels=PTE_KERNELS.get(args.format, "stock"))
     out = Path(args.out)
     if args.format == "onnx":
         from exporter.onnx import export_onnx
@@ -174,6 +177,9 @@ def _pte_forward(args):
     from executorch.runtime import Runtime
 
     import executorch.kernels.quantized  # noqa: F401  quantized embedding lookups
+
+    if PTE_KERNELS.get(args.format) == "llm":
+        from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401  llama::gated_delta_rule
 
     portable_lib._unsafe_reset_threadpool(args.threads)
     out = Path(args.out)
@@ -273,7 +279,7 @@ def bench_ours(preset: str, checkpoint: Path, work: Path, args, vocab: int) -> l
     entries = []
     for scheme in args.schemes:
         for fmt in args.formats:
-            if fmt not in OFFERED[split_scheme(scheme)[0]].runs:
+            if fmt.partition("-")[0] not in OFFERED[split_scheme(scheme)[0]].runs:
                 continue
             out = work / f"{preset}-{scheme}-{fmt}"
             exported = step("export", work / f"{out.name}.export.log", checkpoint=checkpoint, out=out, format=fmt,

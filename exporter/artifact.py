@@ -38,6 +38,12 @@ from exporter.quantize import QuantRecipe, resolve
 
 IMAGE_EMBEDS = "image_embeds"  # ONNX input of multimodal decoders
 IMAGE_METHOD = "forward_with_images"  # ExecuTorch method of multimodal decoders
+# The `.pte`'s kernel sets: what the program calls outside XNNPACK, hence what an app must link.
+PTE_KERNELS = {
+    "stock": "the stock ExecuTorch runtime (portable kernels + XNNPACK); no custom ops",
+    "llm": "the stock ExecuTorch runtime + ExecuTorch's LLM custom-ops library (extension/llm/custom_ops, "
+           "for llama::gated_delta_rule), which its LLM runners and Android/iOS LLM packages link",
+}
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,7 @@ class ExportOptions:
     group_size: int | None = None  # int4 group size of 4w / 8da4w (default 32); None elsewhere
     embedding_bits: int | None = None  # embedding / tied LM head of 4w / 8da4w: 8 (default) or 4
     onnx_profile: str = "ort"  # "ort" (ONNX Runtime contrib ops) or "portable" (standard ONNX only)
+    pte_kernels: str = "stock"  # "stock" (portable kernels + XNNPACK) or "llm" (+ ExecuTorch's LLM custom ops)
     vision_max_tokens: int = 1024  # multimodal checkpoints: most tokens one image becomes (about 1 Mpx)
     text_only: bool = False  # multimodal checkpoints: the decoder alone (no vision encoder, no image inputs)
 
@@ -62,6 +69,8 @@ class ExportOptions:
             raise QwenEdgeError(f"--max-seq-len {self.max_seq_len}: must be at least the prefill chunk ({chunk})")
         if self.onnx_profile not in ("ort", "portable"):
             raise QwenEdgeError(f"--onnx-profile {self.onnx_profile!r}: choose 'ort' or 'portable'")
+        if self.pte_kernels not in PTE_KERNELS:
+            raise QwenEdgeError(f"--pte-kernels {self.pte_kernels!r}: choose one of {', '.join(PTE_KERNELS)}")
 
     @property
     def recipe(self) -> QuantRecipe:
@@ -76,6 +85,15 @@ class Artifact:
     files: list[str]  # bundle-relative; the first is the one to open
     quant: str
     details: dict[str, Any] = field(default_factory=dict)  # methods / I/O, profile, kernels, export report
+
+
+def required_kernels(pte_kernels: str, quantized_embedding: bool = False) -> str:
+    """What an app must link to run a `.pte` of kernel set `pte_kernels` (the manifest's `kernels_required`)."""
+    needs = PTE_KERNELS[pte_kernels]
+    if quantized_embedding:
+        needs += ("; and ExecuTorch's quantized kernels library (quantized_decomposed::embedding_byte, "
+                  "linked by its LLM runners)")
+    return needs
 
 
 def state_names(text: TextConfig) -> list[tuple[int, str]]:

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from exporter.artifact import Artifact, ExportOptions
+from exporter.artifact import Artifact, ExportOptions, required_kernels
 from exporter.config import PRESETS, ModelConfig, text_only, to_hf
 from exporter.errors import QwenEdgeError
 from exporter.tokenizer import TokenizerInfo, copy_tokenizer, encode, tokenizer_info
@@ -126,11 +126,7 @@ def export_format(source: Source, staging: Path, fmt: str, options: ExportOption
     artifact = exporter_for(fmt)(source.model, source.config, staging, options)
     artifact.details["quantization"] = report
     if report.get("embedding", {}).get("bits") == 8:
-        artifact.details["kernels_required"] = (
-            "stock ExecuTorch runtime: portable kernels + XNNPACK + the quantized kernels library "
-            "(quantized_decomposed::embedding_byte, linked by ExecuTorch's LLM runners); no custom ops")
-    elif report.get("embedding"):
-        artifact.details["kernels_required"] = "stock ExecuTorch runtime: portable kernels + XNNPACK; no custom ops"
+        artifact.details["kernels_required"] = required_kernels(options.pte_kernels, quantized_embedding=True)
     return artifact
 
 

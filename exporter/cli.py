@@ -55,6 +55,9 @@ def _add_export(sub) -> None:
     p.add_argument("--text-only", action="store_true",
                    help="multimodal checkpoints: export the text decoder alone (no vision encoder, no image inputs)")
     p.add_argument("--onnx-profile", choices=("ort", "portable"), default="ort")
+    p.add_argument("--pte-kernels", choices=("stock", "llm"), default="stock",
+                   help="kernels the .pte calls: stock (portable + XNNPACK, runs on any ExecuTorch runtime) or llm "
+                        "(also ExecuTorch's LLM custom-ops library, as its LLM runners link: faster decode)")
     p.add_argument("--golden-steps", type=int, default=16, help="greedy tokens kept in golden.npz")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--no-validate", dest="validate", action="store_false", help="skip validation against the reference")
@@ -133,8 +136,8 @@ def _run_export(args) -> int:
 
     options = ExportOptions(max_seq_len=args.max_seq_len, prefill_chunk=args.prefill_chunk, quant=args.quant,
                             group_size=args.group_size, embedding_bits=args.embedding_bits,
-                            onnx_profile=args.onnx_profile, vision_max_tokens=args.vision_max_tokens,
-                            text_only=args.text_only)
+                            onnx_profile=args.onnx_profile, pte_kernels=args.pte_kernels,
+                            vision_max_tokens=args.vision_max_tokens, text_only=args.text_only)
     out = export_bundle(args.model, args.out, formats=args.format, options=options, force=args.force,
                         validate=args.validate, golden_steps=args.golden_steps)
     bundle = open_bundle(out, verify=False)

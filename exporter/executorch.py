@@ -17,7 +17,9 @@ a sliding-window one and stops checking capacity, so the KV cache is a ring
 buffer: exact within capacity, sliding-window attention past it, never an
 out-of-bounds write. input_pos = 0 starts a new sequence: the DeltaNet states
 are zeroed in-graph (the runner's reset() calls nothing in the program). The recurrent
-state buffers hold S^T [1, Hv, Dv, Dk], the layout the delegable delta rule computes in.
+state buffers hold the layout the delta rule's kernel computes in: S^T [1, Hv, Dv, Dk] for the
+delegable decomposition (kernels "stock"), S [1, Hv, Dk, Dv] for ExecuTorch's
+`llama::gated_delta_rule` (kernels "llm", `ExportOptions.pte_kernels`).
 
 Multimodal checkpoints add a method `forward_with_images` (image embeddings and
 M-RoPE positions in, `ExecuTorchImageDecoder`); both methods' weights share the
@@ -43,8 +45,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from exporter.artifact import IMAGE_METHOD, Artifact, ExportOptions
+from exporter.artifact import IMAGE_METHOD, Artifact, ExportOptions, required_kernels
 from exporter.config import FULL, ModelConfig
+from exporter.errors import QwenEdgeError
 from exporter.model import Qwen35Model, StaticKV, splice_image_embeds
 from exporter.quantize_executorch import shape_only_quant_ops
 
@@ -85,10 +88,11 @@ class RingKV(StaticKV):
 class ExecuTorchDecoder(nn.Module):
     """The reference model with its state as buffers: forward(tokens [1, T], input_pos [1]) -> logits [1, V]."""
 
-    def __init__(self, model: Qwen35Model, max_seq_len: int):
+    def __init__(self, model: Qwen35Model, max_seq_len: int, transposed_state: bool = True):
         super().__init__()
         self.model = model
         self.capacity = max_seq_len
+        self.transposed_state = transposed_state  # recurrent buffers hold S^T (see the module docstring)
         t = model.config
         dtype = model.embed_tokens.weight.dtype
         for i, kind in enumerate(t.layer_types):
@@ -98,8 +102,8 @@ class ExecuTorchDecoder(nn.Module):
                 self.register_buffer(f"value_{i}", torch.zeros(shape, dtype=dtype))
             else:
                 conv = (1, t.conv_dim, t.linear_conv_kernel_dim - 1)
-                # held transposed, as S^T [Dv, Dk] per head: the form the delegable delta rule computes in
-                recurrent = (1, t.linear_num_value_heads, t.linear_value_head_dim, t.linear_key_head_dim)
+                dims = (t.linear_value_head_dim, t.linear_key_head_dim)  # S^T [Dv, Dk] per head
+                recurrent = (1, t.linear_num_value_heads, *(dims if transposed_state else dims[::-1]))
                 self.register_buffer(f"conv_{i}", torch.zeros(conv, dtype=dtype))
                 self.register_buffer(f"recurrent_{i}", torch.zeros(recurrent, dtype=torch.float32))
 
@@ -124,14 +128,18 @@ class ExecuTorchDecoder(nn.Module):
                 state.append(RingKV(getattr(self, f"key_{i}"), getattr(self, f"value_{i}"), *addressing))
             else:
                 conv, recurrent = getattr(self, f"conv_{i}"), getattr(self, f"recurrent_{i}")
-                state.append((conv * keep.to(conv.dtype), (recurrent * keep.unsqueeze(0)).transpose(-1, -2)))
+                state.append((conv * keep.to(conv.dtype), self._as_s(recurrent * keep.unsqueeze(0))))
         ids = tokens if embeds is None else None
         out = self.model(ids, state, positions=positions, inputs_embeds=embeds, last_only=True)
         for i, kind in enumerate(self.model.config.layer_types):
             if kind != FULL:
                 getattr(self, f"conv_{i}").copy_(out.state[i][0])
-                getattr(self, f"recurrent_{i}").copy_(out.state[i][1].transpose(-1, -2))
+                getattr(self, f"recurrent_{i}").copy_(self._as_s(out.state[i][1]))
         return out.logits[:, -1]  # [1, V]
+
+    def _as_s(self, state: Tensor) -> Tensor:
+        """Buffer layout <-> the model's S [B, Hv, Dk, Dv] (a transpose each way when the buffer holds S^T)."""
+        return state.transpose(-1, -2) if self.transposed_state else state
 
 
 class ExecuTorchImageDecoder(ExecuTorchDecoder):
@@ -143,8 +151,8 @@ class ExecuTorchImageDecoder(ExecuTorchDecoder):
     (it passes one unused image row then); it has its own state, separate from `forward`'s.
     """
 
-    def __init__(self, model: Qwen35Model, max_seq_len: int, image_token_id: int):
-        super().__init__(model, max_seq_len)
+    def __init__(self, model: Qwen35Model, max_seq_len: int, image_token_id: int, transposed_state: bool = True):
+        super().__init__(model, max_seq_len, transposed_state)
         self.image_token_id = image_token_id
 
     def forward(self, tokens: Tensor, image_embeds: Tensor, input_pos: Tensor, positions: Tensor) -> Tensor:
@@ -176,7 +184,7 @@ def metadata(config: ModelConfig, options: ExportOptions) -> dict[str, object]:
 
 def export_program(model: Qwen35Model, options: ExportOptions) -> torch.export.ExportedProgram:
     """torch.export of `forward` with a dynamic T in [1, prefill_chunk]; the qwen35:: ops stay single nodes."""
-    wrapper = ExecuTorchDecoder(model, options.max_seq_len).eval()
+    wrapper = ExecuTorchDecoder(model, options.max_seq_len, _transposed_state(options)).eval()
     steps = torch.export.Dim("T", min=1, max=options.prefill_chunk)
     example = (torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, dtype=torch.long))
     with torch.no_grad():
@@ -185,7 +193,7 @@ def export_program(model: Qwen35Model, options: ExportOptions) -> torch.export.E
 
 def export_image_program(model: Qwen35Model, config: ModelConfig, options: ExportOptions) -> torch.export.ExportedProgram:
     """torch.export of `forward_with_images`: dynamic T and image rows N, each in [1, prefill_chunk]."""
-    wrapper = ExecuTorchImageDecoder(model, options.max_seq_len, config.image_token_id).eval()
+    wrapper = ExecuTorchImageDecoder(model, options.max_seq_len, config.image_token_id, _transposed_state(options)).eval()
     steps = torch.export.Dim("T", min=1, max=options.prefill_chunk)
     rows = torch.export.Dim("N", min=1, max=options.prefill_chunk)
     example = (torch.zeros(1, 2, dtype=torch.long), torch.zeros(2, config.text.hidden_size),
@@ -203,19 +211,32 @@ def export_programs(model: Qwen35Model, config: ModelConfig, options: ExportOpti
     return programs
 
 
+def _transposed_state(options: ExportOptions) -> bool:
+    """Whether the recurrent buffers hold S^T: for the delegable delta rule, which computes in S^T."""
+    return options.pte_kernels == "stock"
+
+
 def lower_custom_ops(program: torch.export.ExportedProgram, options: ExportOptions) -> torch.export.ExportedProgram:
     """Replace each qwen35:: op by the decomposition its module declares for ExecuTorch, then tidy the graph.
+
+    The delta rule's depends on the kernel set (`ExportOptions.pte_kernels`): the delegable
+    decomposition ("stock") or ExecuTorch's `llama::gated_delta_rule` ("llm").
 
     Before: export's dtype asserts dropped (`drop_asserts`). Tidying after: `-1` for the dynamic size
     of views, layout round trips folded, repeated pure ops computed once, provenance cut to its root
     (`root_provenance`).
     """
     from ops.causal_conv1d import executorch_decomposition as conv
-    from ops.gated_delta_rule import executorch_decomposition as delta_rule
+    from ops.gated_delta_rule import executorch_decomposition, executorch_llm_decomposition
     from ops.moe import executorch_decomposition as moe
 
+    if options.pte_kernels == "llm":
+        _load_llm_custom_ops()
+        delta_rule = executorch_llm_decomposition
+    else:
+        delta_rule = functools.partial(executorch_decomposition, max_len=options.prefill_chunk)
     table = {
-        torch.ops.qwen35.gated_delta_rule.default: functools.partial(delta_rule, max_len=options.prefill_chunk),
+        torch.ops.qwen35.gated_delta_rule.default: delta_rule,
         torch.ops.qwen35.causal_conv1d.default: conv,
         torch.ops.qwen35.moe.default: moe,
         torch.ops.aten.softplus.default: _softplus,
@@ -224,6 +245,15 @@ def lower_custom_ops(program: torch.export.ExportedProgram, options: ExportOptio
     program = dedupe(fold_round_trips(dynamic_views_as_minus_one(program)))
     root_provenance(program.graph_module)
     return program
+
+
+def _load_llm_custom_ops() -> None:
+    """Define the llama:: ops (schemas and shape functions) from ExecuTorch's LLM custom-ops library."""
+    try:
+        from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
+    except (ImportError, OSError, AssertionError) as err:
+        raise QwenEdgeError(f"--pte-kernels llm: ExecuTorch's LLM custom-ops library did not load ({err}); "
+                            "install the executorch wheel pinned in pyproject.toml, or export with --pte-kernels stock") from err
 
 
 def root_provenance(graph_module: torch.fx.GraphModule) -> None:
@@ -620,7 +650,8 @@ def export_executorch(model: Qwen35Model, config: ModelConfig, out_dir: Path, op
         "prefill_chunk": options.prefill_chunk,
         "max_seq_len": options.max_seq_len,
         "backend": "XNNPACK",
-        "kernels_required": "stock ExecuTorch runtime (portable kernels + XNNPACK); no custom ops",
+        "kernels": options.pte_kernels,
+        "kernels_required": required_kernels(options.pte_kernels),
         "data_files": files[1:],
         "export_report": report,
         "export_seconds": timings,

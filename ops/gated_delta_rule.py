@@ -459,3 +459,28 @@ def executorch_decomposition(q, k, v, g, beta, scale, initial_state, *, max_len:
 
 
 decomposition = chunked_gated_delta_rule
+
+
+# ExecuTorch, kernels "llm": ExecuTorch's own recurrent kernel `llama::gated_delta_rule`, from the LLM
+# custom-ops library its LLM runners and Android/iOS LLM packages link (extension/llm/custom_ops).
+# One native call per layer and token chunk instead of the delegable form's ~300 small XNNPACK ops,
+# which at T = 1 cost more in per-op overhead than the math. Its kernel is single-threaded and
+# token-by-token, so it pays at prefill what it saves at decode (bench/bench_quant.py measures both).
+# Its signature: q (already scaled), k [B, H, T, Dk], v [B, H, T, Dv], decay = exp(g) and beta
+# [B, H, T], state [B, H, Dk, Dv] -> (out [B, H, T, Dv], new state); the state is S, not S^T.
+
+
+def executorch_llm_decomposition(q, k, v, g, beta, scale, initial_state):
+    """The op's schema signature over `llama::gated_delta_rule` (the ExecuTorch LLM custom-ops kernel)."""
+    batch, _, heads, v_dim = v.shape
+    k_heads, k_dim = k.shape[2:]
+    groups = heads // k_heads
+    if groups > 1:  # value head h reads key head h // groups
+        q, k = (torch.cat([x.unsqueeze(3)] * groups, dim=3).view(batch, -1, heads, k_dim) for x in (q, k))
+    heads_first = lambda x: x.float().transpose(1, 2).clone(memory_format=torch.contiguous_format)  # noqa: E731
+    if initial_state is None:
+        initial_state = v.new_zeros(batch, heads, k_dim, v_dim, dtype=torch.float32)
+    out, state = torch.ops.llama.gated_delta_rule.default(
+        heads_first(q * scale), heads_first(k), heads_first(v), heads_first(g.exp()), heads_first(beta),
+        initial_state.float())
+    return out.transpose(1, 2).to(v.dtype), state  # [B, T, H, Dv], [B, H, Dk, Dv]

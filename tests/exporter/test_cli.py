@@ -151,6 +151,24 @@ def test_run_prints_the_reference_greedy_text(capsys):
     assert code == 0 and stdout == expected + "\n"
 
 
+def test_a_pte_with_llm_kernels_runs_in_a_fresh_process(tmp_path, capsys):
+    """`--pte-kernels llm`: the manifest names the kernel set, and a new process (no export before it to load
+    ExecuTorch's LLM custom ops) runs the program and decodes the reference's greedy tokens."""
+    out = tmp_path / "b"
+    code, _, _ = run(capsys, "export", "tiny", "--out", str(out), "--format", "pte", "--pte-kernels", "llm",
+                     "--no-validate", *SMALL_FLAGS)
+    assert code == 0
+    details = json.loads((out / "manifest.json").read_text())["artifacts"][0]["details"]
+    assert details["kernels"] == "llm" and "custom-ops" in details["kernels_required"]
+    script = "import sys\nfrom exporter.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    argv = [sys.executable, "-c", script, "run", str(out), "--prompt-ids", "1,2,3", "--backend", "pte",
+            "--max-new-tokens", "8"]
+    process = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    expected = runtime.load(out, "reference").generate([1, 2, 3], 8).ids
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert process.stdout.strip() == ",".join(map(str, expected))
+
+
 def test_validate_writes_the_json_report(tiny_bundle, tmp_path, capsys):
     report = tmp_path / "report.json"
     code, stdout, _ = run(capsys, "validate", str(tiny_bundle), "--backend", "reference", "--json", str(report))

@@ -34,12 +34,13 @@ def load_forward(out: Path):
     return lambda tokens, pos: method.execute([tokens, torch.tensor([pos])])[0]
 
 
-@pytest.fixture(scope="module", params=["tiny", "tiny-moe"])
+@pytest.fixture(scope="module", params=[("tiny", "stock"), ("tiny-moe", "stock"), ("tiny", "llm")], ids="-".join)
 def exported(request, tmp_path_factory):
-    config = preset(request.param)
+    name, kernels = request.param
+    config = preset(name)
     model = random_model(config, seed=3)
-    out = tmp_path_factory.mktemp(request.param)
-    artifact = export_executorch(model, config, out, OPTIONS)
+    out = tmp_path_factory.mktemp(name)
+    artifact = export_executorch(model, config, out, dataclasses.replace(OPTIONS, pte_kernels=kernels))
     return config, model, out, artifact
 
 
@@ -107,10 +108,16 @@ def test_artifact_describes_the_program(exported):
     meta = artifact.details["constant_methods"]
     assert meta["get_max_seq_len"] == OPTIONS.prefill_chunk and meta["get_max_context_len"] == OPTIONS.max_seq_len
     assert meta["enable_dynamic_shape"] is True and meta["get_vocab_size"] == config.text.vocab_size
-    report = artifact.details["export_report"]
+    report, layers = artifact.details["export_report"], config.text.layer_types
     assert report["delegated_ops"] > 0 and all("reason" in v for v in report["not_delegated"].values())
-    # No custom op survives into the program: the stock runtime runs it.
-    assert not any(name.startswith(("qwen35", "llama")) for name in report["not_delegated"])
+    # No custom op of ours survives into the program; ExecuTorch's LLM ops only where asked for.
+    custom = [name for name in report["kernel_calls"] if name.startswith(("qwen35", "llama"))]
+    if artifact.details["kernels"] == "llm":
+        assert custom == ["llama::gated_delta_rule.out"], custom
+        assert report["kernel_calls"]["llama::gated_delta_rule.out"] == layers.count("linear_attention")
+        assert "custom-ops" in artifact.details["kernels_required"]
+    else:
+        assert custom == [] and "no custom ops" in artifact.details["kernels_required"]
     # With a dynamic T, norms and the delta rule's matmul chain stay inside XNNPACK: a rank-3 mean,
     # a padded inverse or aten's softplus would split the delegate at every layer. (Views of integer
     # positions and boolean masks stay portable: XNNPACK takes float tensors only.)
@@ -119,7 +126,7 @@ def test_artifact_describes_the_program(exported):
     if not config.is_moe:  # MoE layers gather expert weights with portable ops, which split the delegate
         assert report["delegate_calls"] <= 6 * len(config.text.layer_types)
     # KV caches are written in place; only the DeltaNet states (delegate outputs) are copied back into their buffers.
-    calls, layers = report["kernel_calls"], config.text.layer_types
+    calls = report["kernel_calls"]
     assert calls["aten::index_put_"] == 2 * layers.count(FULL) and "aten::index_put.out" not in calls
     assert calls["aten::copy_"] == 2 * layers.count("linear_attention")
     assert calls["DelegateCall"] == report["delegate_calls"]
@@ -206,14 +213,18 @@ def test_tied_embedding_is_stored_once(tmp_path):
     assert total < 1.5 * table + other  # twice the table would be 2 x table + other
 
 
+@pytest.mark.parametrize("kernels", ["stock", "llm"])
 @torch.no_grad()
-def test_stock_runner_generates_the_reference_greedy_text(tmp_path, trained_checkpoint):
-    """ExecuTorch's TextLLMRunner (what its Android/iOS SDKs use) drives the .pte with the real tokenizer."""
+def test_stock_runner_generates_the_reference_greedy_text(tmp_path, trained_checkpoint, kernels):
+    """ExecuTorch's TextLLMRunner (what its Android/iOS SDKs use) drives the .pte with the real tokenizer.
+
+    With kernels "llm" the program calls `llama::gated_delta_rule`, from the LLM custom-ops library
+    that the runner's apps link (loaded here by the export, as `runtime.backends` loads it)."""
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
     from tokenizers import Tokenizer
 
     config, model, _ = load_model(trained_checkpoint)
-    export_executorch(model, config, tmp_path, OPTIONS)
+    export_executorch(model, config, tmp_path, dataclasses.replace(OPTIONS, pte_kernels=kernels))
     tokenizer = Tokenizer.from_file(str(trained_checkpoint / "tokenizer.json"))
     prompt = "import os\nimport sys\n\n\ndef main():\n"
     ids = torch.tensor([tokenizer.encode(prompt).ids])

@@ -268,3 +268,20 @@ def test_delegable_form_needs_enough_rounds():
     expected = recurrent_gated_delta_rule(*args, **kwargs)
     out, _ = delegable_gated_delta_rule(*args, **kwargs, max_len=8)
     assert (out - expected[0]).abs().max() > 1e-3
+
+
+# --- ExecuTorch's own kernel (kernels "llm": llama::gated_delta_rule from its LLM custom-ops library) ---
+
+
+@pytest.mark.parametrize("steps", [1, 2, 17])
+@pytest.mark.parametrize("k_heads", [2, 4])
+@pytest.mark.parametrize("with_state", [True, False])
+def test_executorch_llm_kernel_matches_oracle(steps, k_heads, with_state):
+    """The op's arguments mapped onto ExecuTorch's kernel: heads repeated, q scaled, decay = exp(g), S in and out."""
+    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401  defines llama::gated_delta_rule
+
+    from ops.gated_delta_rule import executorch_llm_decomposition
+
+    args, kwargs = make_inputs(steps, k_heads=k_heads, seed=steps, with_state=with_state)
+    expected = recurrent_gated_delta_rule(*args, **kwargs)
+    assert_pair_close(executorch_llm_decomposition(*args, kwargs["scale"], kwargs["initial_state"]), expected)
