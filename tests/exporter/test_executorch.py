@@ -159,6 +159,20 @@ def test_graph_tidying_folds_round_trips_and_computes_repeats_once():
     torch.testing.assert_close(tidied.module()(x), expected, rtol=0, atol=0)
 
 
+def test_state_resets_fold_into_the_first_decay():
+    """No delta rule reads `S * keep` after `fold_state_resets`: the buffer goes in as it is (the reset
+    itself is checked end to end by test_new_sequence_does_not_see_the_previous_one)."""
+    from exporter.executorch import export_program, fold_state_resets
+
+    options = ExportOptions(max_seq_len=16, prefill_chunk=8)
+    program = export_program(random_model(preset("tiny"), seed=0), options)
+    rules = [n for n in program.graph.nodes if n.target == torch.ops.qwen35.gated_delta_rule.default]
+    assert rules and all(n.args[6].target == torch.ops.aten.mul.Tensor for n in rules)
+    program = fold_state_resets(program)
+    rules = [n for n in program.graph.nodes if n.target == torch.ops.qwen35.gated_delta_rule.default]
+    assert rules and not any(n.args[6].target == torch.ops.aten.mul.Tensor for n in rules)
+
+
 def test_lowering_hands_to_edge_no_asserts_and_no_per_node_check():
     """What spares `to_edge` retraces: the dtype asserts are gone before it, and the partitioner drops
     its per-node check because every linear passes it. A linear XNNPACK cannot take (its weight an
