@@ -20,6 +20,7 @@ the tiny preset.
     .venv/bin/python bench/bench_executorch.py                      # 0.8B, prompt 128, decode 64
     .venv/bin/python bench/bench_executorch.py --quick
     .venv/bin/python bench/bench_executorch.py --skip-peer          # ours only
+    .venv/bin/python bench/bench_executorch.py --pte-kernels llm    # ours with ExecuTorch's LLM custom ops
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def step_export_ours(args) -> dict:
 
     start = time.perf_counter()
     config, model, _ = load_model(args.checkpoint)
-    options = ExportOptions(max_seq_len=args.max_seq_len, prefill_chunk=args.prompt)
+    options = ExportOptions(max_seq_len=args.max_seq_len, prefill_chunk=args.prompt, pte_kernels=args.pte_kernels)
     artifact = export_executorch(model, config, Path(args.out), options)
     report = artifact.details["export_report"]
     return {
@@ -115,8 +116,8 @@ def step_run(args) -> dict:
     from bench.memory import rss_bytes, run_as_an_app
 
     run_as_an_app()
-    if args.peer:
-        import bench.upstream_executorch  # noqa: F401  registers the custom ops upstream's program calls
+    if args.peer or args.pte_kernels == "llm":
+        import bench.upstream_executorch  # noqa: F401  registers ExecuTorch's LLM custom ops (and quantized ones)
     portable_lib._unsafe_reset_threadpool(args.threads)
     out = Path(args.out)
     pte = next(out.glob("*.pte"))
@@ -180,6 +181,7 @@ def main(argv=None) -> None:
     parser.add_argument("--work", help="working directory (default: a temporary one, removed after)")
     parser.add_argument("--quick", action="store_true", help="tiny preset, short prompt: a smoke check")
     parser.add_argument("--skip-peer", action="store_true", help="measure ours only")
+    parser.add_argument("--pte-kernels", choices=("stock", "llm"), default="stock", help="our program's kernel set")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
@@ -232,7 +234,8 @@ def format_report(report: dict, args) -> str:
     ]
     ours, peer = report["ours"], report.get("peer")
     shape = f"{args.preset} (first {args.layers} layers)" if args.layers else args.preset
-    lines = [f"{shape} fp32, XNNPACK, {args.threads} threads, KV capacity {args.max_seq_len}", ""]
+    lines = [f"{shape} fp32, XNNPACK, {args.threads} threads, KV capacity {args.max_seq_len}, "
+             f"our kernels {args.pte_kernels}", ""]
     lines.append(f"{'':44s} {'ours':>10s} {'peer':>10s} {'ours/peer':>10s}")
     for label, key in rows:
         theirs = f"{peer[key]:10.2f} {ours[key] / peer[key]:10.2f}" if peer else f"{'-':>10s} {'-':>10s}"
