@@ -17,7 +17,7 @@ same weights.
 This is a measuring tool, not a test; run it alone on the machine. `--quick` is a smoke check on
 the tiny preset.
 
-    .venv/bin/python bench/bench_executorch.py                      # 0.8B, prompt 128, decode 64
+    .venv/bin/python bench/bench_executorch.py                      # 0.8B, prompt 128, decode 64, 3 rounds
     .venv/bin/python bench/bench_executorch.py --quick
     .venv/bin/python bench/bench_executorch.py --skip-peer          # ours only
     .venv/bin/python bench/bench_executorch.py --pte-kernels llm    # ours with ExecuTorch's LLM custom ops
@@ -166,7 +166,7 @@ STEPS = {"checkpoint": step_checkpoint, "export-ours": step_export_ours, "export
 
 
 def run_step(name: str, args, **extra) -> dict:
-    return steps.run_step(__file__, name, args, steps.DRIVER_ONLY + ("skip_peer",), **extra)
+    return steps.run_step(__file__, name, args, steps.DRIVER_ONLY + ("skip_peer", "rounds"), **extra)
 
 
 def main(argv=None) -> None:
@@ -175,7 +175,8 @@ def main(argv=None) -> None:
     parser.add_argument("--prompt", type=int, default=128, help="prompt tokens; ours prefills them in one call")
     parser.add_argument("--decode", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3, help="runs of prefill + decode; the best of each is reported")
+    parser.add_argument("--repeats", type=int, default=3, help="prefill + decode runs per process; the best of each counts")
+    parser.add_argument("--rounds", type=int, default=3, help="run processes per program, ours and peer in turns; medians")
     parser.add_argument("--max-seq-len", type=int, default=256, help="KV capacity of both programs")
     parser.add_argument("--layers", type=int, help="keep only the first N decoder layers (a quicker look; not the issue's figure)")
     parser.add_argument("--work", help="working directory (default: a temporary one, removed after)")
@@ -211,14 +212,29 @@ def measure(args, work: Path) -> dict:
     if not checkpoint.exists():
         run_step("checkpoint", args, out=checkpoint)
     report = {"ours": run_step("export-ours", args, checkpoint=checkpoint, out=ours)}
-    report["ours"].update({f"run_{k}": v for k, v in run_step("run", args, out=ours).items()})
     if args.skip_peer:
+        report["ours"].update(_median_runs([run_step("run", args, out=ours) for _ in range(args.rounds)]))
         return report
     report["peer"] = run_step("export-peer", args, checkpoint=checkpoint, out=peer)
-    report["peer"].update({f"run_{k}": v for k, v in run_step("run", args, out=peer, peer=True).items()})
+    # Run processes in turns (ours, peer, ours, peer, ...): a slow spell of this shared machine then
+    # falls on both, and each round gives a ratio of its own.
+    rounds = [(run_step("run", args, out=ours), run_step("run", args, out=peer, peer=True)) for _ in range(args.rounds)]
+    report["ours"].update(_median_runs([mine for mine, _ in rounds]))
+    report["peer"].update(_median_runs([theirs for _, theirs in rounds]))
+    report["round_ratios"] = {key: [mine[key] / theirs[key] for mine, theirs in rounds]
+                              for key in ("prefill_tok_s", "decode_tok_s")}
     difference = np.load(ours / "prefill_logits.npy") - np.load(peer / "prefill_logits.npy")
     report["prefill_logits_max_abs_diff"] = float(np.abs(difference).max())
     return report
+
+
+def _median_runs(runs: list[dict]) -> dict:
+    """Run-step results of several processes: medians of the figures, every run's times kept."""
+    keys = ("load_s", "prefill_tok_s", "decode_tok_s", "peak_rss_mb", "model_rss_mb")
+    merged = {f"run_{k}": statistics.median(r[k] for r in runs) for k in keys}
+    for k in ("prefill_s_all", "decode_s_all"):
+        merged[f"run_{k}"] = [t for r in runs for t in r[k]]
+    return merged
 
 
 def format_report(report: dict, args) -> str:
@@ -248,6 +264,9 @@ def format_report(report: dict, args) -> str:
             lines.append(f"prefill runs, s: {who} {fmt(runs['run_prefill_s_all'])}")
             lines.append(f"decode runs, s: {who} {fmt(runs['run_decode_s_all'])}")
     if peer:
+        for key, values in report["round_ratios"].items():
+            lines.append(f"ours/peer {key} by round: {', '.join(f'{v:.2f}' for v in values)} "
+                         f"(median {statistics.median(values):.2f})")
         lines.append(f"last prompt position logits, max |ours - peer|: {report['prefill_logits_max_abs_diff']:.2e}")
     return "\n".join(lines)
 

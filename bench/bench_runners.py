@@ -14,7 +14,9 @@ pool): on this 2-core machine, 2 threads, like the other benches.
 
 Each measurement is its own process, run as an app (`bench.memory.run_as_an_app`), and reports the
 RSS once the runtime is imported, the peak RSS, prefill and decode tokens per second (the runner's
-own clock for `.pte`). This is a measuring tool: run it alone on the machine.
+own clock for `.pte`). Artifacts are measured in turns for `--rounds` rounds (this shared machine's
+speed drifts by 10-15 % over minutes); the table gives medians and, against `--baseline`, the median
+of the per-round ratios. This is a measuring tool: run it alone on the machine.
 
     .venv/bin/python bench/bench_runners.py --tokenizer path/to/tokenizer.json \\
         --pte ours=bundle_dir --pte export_llm=dir_with_pte --genai builder=builder_dir
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -136,7 +139,10 @@ def main(argv=None) -> None:
     parser.add_argument("--tokenizer", help="a Qwen3.5 tokenizer.json (the LLM runner tokenizes the prompt)")
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--decode", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="generations per process; the best is its figure")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="processes per artifact, taken in turns (A B C A B C ...); medians are reported")
+    parser.add_argument("--baseline", help="the label the others are divided by, round by round (default: the first --genai)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -148,15 +154,40 @@ def main(argv=None) -> None:
     if args.pte and not args.tokenizer:
         parser.error("--pte needs --tokenizer: ExecuTorch's LLM runner tokenizes the prompt")
     runs = [("pte", *spec.split("=", 1)) for spec in args.pte] + [("genai", *spec.split("=", 1)) for spec in args.genai]
-    results = [measure(kind, label, model, args) for kind, label, model in runs]
-    print(f"prompt {args.prompt} tokens, decode {args.decode}, best of {args.repeats}; RSS as an app\n")
-    print("| who | runtime | prefill tok/s | decode tok/s | RSS after import MB | peak RSS MB | model's MB |")
-    print("|---|---|---|---|---|---|---|")
+    baseline = args.baseline or (args.genai[0].split("=", 1)[0] if args.genai else None)
+    if baseline is not None and baseline not in [label for _, label, _ in runs]:
+        parser.error(f"--baseline {baseline}: not one of the labels given")
+    # Rounds in turns, so that a slow spell of this shared machine falls on every artifact alike.
+    rounds = [[measure(kind, label, model, args) for kind, label, model in runs] for _ in range(args.rounds)]
+    results = [summarize(i, rounds, baseline) for i in range(len(runs))]
+    print(f"prompt {args.prompt} tokens, decode {args.decode}; each process the best of {args.repeats} generations, "
+          f"{args.rounds} processes per artifact in turns, medians; RSS as an app\n")
+    ratio = f" / {baseline}" if baseline else ""
+    print(f"| who | runtime | prefill tok/s | decode tok/s | prefill{ratio} | decode{ratio} | RSS after import MB "
+          "| peak RSS MB | model's MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['who']} | {r['runtime']} | {r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.2f} | "
+              f"{r.get('prefill_ratio', float('nan')):.2f} | {r.get('decode_ratio', float('nan')):.2f} | "
               f"{r['runtime_rss_mb']:.0f} | {r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] - r['runtime_rss_mb']:.0f} |")
+    print("\ndecode tok/s by round: " + "; ".join(
+        f"{r['who']} {', '.join(f'{v:.2f}' for v in r['decode_by_round'])}" for r in results))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps({"results": results, "rounds": rounds}, indent=1) + "\n")
+
+
+def summarize(index: int, rounds: list[list[dict]], baseline: str | None) -> dict:
+    """One artifact over the rounds: median rates, the highest peak RSS, and the median of its per-round ratios."""
+    mine = [r[index] for r in rounds]
+    out = {**mine[0], "decode_by_round": [m["decode_tok_s"] for m in mine]}
+    for key in ("prefill_tok_s", "decode_tok_s", "runtime_rss_mb"):
+        out[key] = statistics.median(m[key] for m in mine)
+    out["peak_rss_mb"] = max(m["peak_rss_mb"] for m in mine)
+    if baseline is not None:
+        for key in ("prefill", "decode"):
+            peers = [next(x for x in r if x["who"] == baseline) for r in rounds]
+            out[f"{key}_ratio"] = statistics.median(m[f"{key}_tok_s"] / p[f"{key}_tok_s"] for m, p in zip(mine, peers))
+    return out
 
 
 if __name__ == "__main__":
