@@ -34,6 +34,7 @@ Not here: quantization (exporter.quantize), the bundle (exporter.bundle).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -517,7 +518,7 @@ def lower_to_xnnpack(program: torch.export.ExportedProgram, constant_methods: di
     """to_edge_transform_and_lower with the XNNPACK partitioner; returns the edge program and why-not notes."""
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
 
-    with _capture_logs("executorch.backends.xnnpack") as notes:
+    with _capture_logs("executorch.backends.xnnpack") as notes, applicable_xnnpack_passes():
         edge = to_edge_transform_and_lower(
             program,
             transform_passes=[root_provenance],
@@ -526,6 +527,59 @@ def lower_to_xnnpack(program: torch.export.ExportedProgram, constant_methods: di
             compile_config=EdgeCompileConfig(_check_ir_validity=False),
         )
     return edge, notes
+
+
+def _has_target(*names: str):
+    """A pass applies when a node calls one of these edge ops (by op name, e.g. 'aten._prelu_kernel')."""
+    def applies(graph) -> bool:
+        calls = {_op_name(node.target) for node in graph.nodes if node.op == "call_function"}
+        return any(call == name or call.startswith(name + ".") for call in calls for name in names)
+
+    return applies
+
+
+def _decomposed_from(fragment: str):
+    """A pass applies when a node was decomposed from an op whose name holds `fragment` (its pattern's source)."""
+    return lambda graph: any(fragment in str(node.meta.get("original_aten", "")) for node in graph.nodes)
+
+
+# XNNPACK passes that rewrite one op family each, and when they can apply. The delegate runs all 17 of
+# its passes on every partition, each a full retrace of it (~2 s a pass at 0.8B fp32); these five
+# find nothing in a graph without their ops, so they are dropped there (`applicable_xnnpack_passes`).
+# Each test is what the pass itself looks for: the ops it rewrites, or an op every pattern it
+# matches contains (softmax for the attention patterns, the upsample's own decomposition).
+_PASS_APPLIES = {
+    "ConvertToUpsampleBilinear2d": _decomposed_from("upsample_bilinear2d"),
+    "ConvertToSDPAPass": _has_target("aten._softmax"),
+    "FuseBatchNormPass": _has_target("aten.native_batch_norm", "aten._native_batch_norm_legit_no_training"),
+    "DecomposeBatchNorm": _has_target("aten.native_batch_norm", "aten._native_batch_norm_legit_no_training"),
+    "PReLUReshapePass": _has_target("aten._prelu_kernel"),
+}
+
+
+@contextlib.contextmanager
+def applicable_xnnpack_passes():
+    """While lowering, XNNPACK's preprocess runs only the passes that can change the partition it is given.
+
+    The pass manager's default list is cut by `_PASS_APPLIES` per partition; a pass not listed there
+    always runs. The program is byte for byte the one the full list gives
+    (`test_lowering_shortcuts_write_the_same_program`).
+    """
+    from executorch.backends.xnnpack._passes import XNNPACKPassManager
+
+    original = XNNPACKPassManager.__init__
+
+    def init(self, exported_program, passes=None):
+        original(self, exported_program, passes)
+        if not passes:  # the default list: keep what can apply here
+            graph = exported_program.graph
+            self.passes = [p for p in self.passes if _PASS_APPLIES.get(p.__name__, lambda _: True)(graph)]
+
+    XNNPACKPassManager.__init__ = init
+    try:
+        yield
+    finally:
+        XNNPACKPassManager.__init__ = original
 
 
 def to_executorch_program(edge, tag: str = _WEIGHTS_TAG):

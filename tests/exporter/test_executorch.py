@@ -18,7 +18,7 @@ import torch
 from exporter.artifact import ExportOptions
 from exporter.checkpoint import load_model, random_model
 from exporter.config import FULL, preset
-from exporter.executorch import PTE, export_executorch
+from exporter.executorch import PTE, export_executorch, export_program, lower_custom_ops
 
 ATOL = 1e-3
 PROMPT_LEN, DECODE_STEPS = 20, 16
@@ -193,6 +193,39 @@ def test_lowering_hands_to_edge_no_asserts_and_no_per_node_check():
 
     dynamic = torch.export.export(InputWeight(), (torch.randn(2, 4), torch.randn(3, 4))).run_decompositions({})
     assert xnnpack_partitioner().ops_to_not_decompose(dynamic)[1] is not None
+
+
+def test_xnnpack_passes_are_dropped_only_where_their_ops_are_absent(monkeypatch):
+    """`applicable_xnnpack_passes`: the decoder's partitions skip the batch-norm, PReLU and upsample
+    rewrites, and the attention one where there is no softmax; a graph with those ops keeps them (PReLU's
+    pass rewrites `_prelu_kernel`, which XNNPACK's partitioner keeps as `prelu`: it never applies here)."""
+    from executorch.backends.xnnpack._passes import XNNPACKPassManager
+
+    from exporter.executorch import _PASS_APPLIES, lower_to_xnnpack
+
+    ran = []
+    transform = XNNPACKPassManager.transform
+    monkeypatch.setattr(XNNPACKPassManager, "transform",
+                        lambda self: ran.append({p.__name__ for p in self.passes}) or transform(self))
+
+    class Vision(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.act = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.PReLU()
+
+        def forward(self, x):  # x [1, 3, 8, 8]
+            y = torch.nn.functional.interpolate(self.act(self.bn(self.conv(x))), scale_factor=2, mode="bilinear")
+            q = y.flatten(2).transpose(1, 2)  # [1, 144, 4]
+            return torch.nn.functional.scaled_dot_product_attention(q, q, q)
+
+    lower_to_xnnpack(torch.export.export(Vision().eval(), (torch.randn(1, 3, 8, 8),)), {})
+    kept = {"ConvertToUpsampleBilinear2d", "FuseBatchNormPass", "DecomposeBatchNorm", "ConvertToSDPAPass"}
+    assert ran and kept <= set().union(*ran) and kept <= set(_PASS_APPLIES)
+    ran.clear()
+    program = export_program(random_model(preset("tiny"), seed=0), ExportOptions(max_seq_len=16, prefill_chunk=8))
+    lower_to_xnnpack(lower_custom_ops(program, ExportOptions(max_seq_len=16, prefill_chunk=8)), {})
+    assert ran and not any(names & (set(_PASS_APPLIES) - {"ConvertToSDPAPass"}) for names in ran)
+    assert sum("ConvertToSDPAPass" in names for names in ran) < len(ran)  # only partitions with a softmax
 
 
 def test_rooted_provenance_names_the_same_exported_nodes():

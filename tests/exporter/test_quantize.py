@@ -188,7 +188,7 @@ def test_int4_lookup_reads_xnnpacks_packing_and_equals_embedding_4bit():
 
 def test_lowering_shortcuts_write_the_same_program(tiny_8da4w, tmp_path, monkeypatch):
     """Lowering without the shortcuts (torchao's own op bodies for fake propagation, whole provenance
-    chains) writes the same bytes."""
+    chains, every XNNPACK pass on every partition) writes the same bytes."""
     import contextlib
 
     import exporter.executorch as et
@@ -196,6 +196,7 @@ def test_lowering_shortcuts_write_the_same_program(tiny_8da4w, tmp_path, monkeyp
     model, config, options, _, out = tiny_8da4w
     monkeypatch.setattr(et, "shape_only_quant_ops", contextlib.nullcontext)
     monkeypatch.setattr(et, "root_provenance", lambda graph_module: None)
+    monkeypatch.setattr(et, "applicable_xnnpack_passes", contextlib.nullcontext)
     et.export_executorch(model, config, tmp_path, options)
     for name in (et.PTE, et.PTD):
         assert (tmp_path / name).read_bytes() == (out / name).read_bytes(), name
