@@ -37,8 +37,8 @@ def test_bundle_holds_every_file_its_manifest_lists(tiny_bundle):
     assert manifest["model"] == to_hf(preset("tiny"))
     assert manifest["source"] == {"kind": "preset", "name": "tiny", "seed": 0}
     assert manifest["export"] == {"max_seq_len": 256, "prefill_chunk": 32, "quant": "fp32", "group_size": None,
-                                  "embedding_bits": None, "onnx_profile": "ort", "vision_max_tokens": 1024,
-                                  "text_only": False}
+                                  "embedding_bits": None, "onnx_profile": "ort", "pte_kernels": "stock",
+                                  "vision_max_tokens": 1024, "text_only": False}
     assert set(manifest["toolchain"]) >= {"torch", "executorch", "onnx", "onnxruntime", "qwen-edge"}
     (artifact,) = manifest["artifacts"]
     assert artifact["format"] == "fake" and artifact["quant"] == "fp32"
