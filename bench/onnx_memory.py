@@ -91,22 +91,24 @@ def with_accuracy_level(source: Path, level: int, work: Path) -> Path:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", nargs="?", help="a directory with model.onnx (+ model.onnx.data)")
+    parser.add_argument("directory", nargs="?", help="a directory with model.onnx (+ model.onnx.data)")
     parser.add_argument("--accuracy-levels", default="4,1")
     parser.add_argument("--preset", default="0.8b", help="the model's shape (for its state inputs)")
     parser.add_argument("--decode", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--step", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.step:
         print(json.dumps(step_load(args)))
         return
-    if not args.model:
+    if not args.directory:
         parser.error("give the directory of an ONNX model")
     with tempfile.TemporaryDirectory(prefix="onnx-memory-") as work:
         for level in (int(v) for v in args.accuracy_levels.split(",")):
-            model = with_accuracy_level(Path(args.model), level, Path(work))
-            result = steps.run_step(__file__, "load", args, steps.DRIVER_ONLY + ("accuracy_levels",), model=model)
+            model = with_accuracy_level(Path(args.directory), level, Path(work))
+            result = steps.run_step(__file__, "load", args, steps.DRIVER_ONLY + ("accuracy_levels", "directory"),
+                                    model=model)
             parts = ", ".join(f"{k} {v:.0f}" for k, v in result["resident_after_load_mb"].items())
             print(f"accuracy_level {level}: resident after load (MB): {parts}; peak RSS {result['peak_rss_mb']:.0f} MB; "
                   f"decode {result['decode_tok_s']:.2f} tok/s")
