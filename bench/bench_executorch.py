@@ -175,8 +175,10 @@ def main(argv=None) -> None:
     parser.add_argument("--prompt", type=int, default=128, help="prompt tokens; ours prefills them in one call")
     parser.add_argument("--decode", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3, help="prefill + decode runs per process; the best of each counts")
-    parser.add_argument("--rounds", type=int, default=3, help="run processes per program, ours and peer in turns; medians")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="prefill + decode runs per process; the best of each counts")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="run processes per program, ours and peer in turns; medians")
     parser.add_argument("--max-seq-len", type=int, default=256, help="KV capacity of both programs")
     parser.add_argument("--layers", type=int, help="keep only the first N decoder layers (a quicker look; not the issue's figure)")
     parser.add_argument("--work", help="working directory (default: a temporary one, removed after)")

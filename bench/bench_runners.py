@@ -142,7 +142,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="generations per process; the best is its figure")
     parser.add_argument("--rounds", type=int, default=3,
                         help="processes per artifact, taken in turns (A B C A B C ...); medians are reported")
-    parser.add_argument("--baseline", help="the label the others are divided by, round by round (default: the first --genai)")
+    parser.add_argument("--baseline",
+                        help="the label the others are divided by, round by round (default: the first --genai)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)

@@ -110,8 +110,8 @@ def main(argv=None) -> None:
             result = steps.run_step(__file__, "load", args, steps.DRIVER_ONLY + ("accuracy_levels", "directory"),
                                     model=model)
             parts = ", ".join(f"{k} {v:.0f}" for k, v in result["resident_after_load_mb"].items())
-            print(f"accuracy_level {level}: resident after load (MB): {parts}; peak RSS {result['peak_rss_mb']:.0f} MB; "
-                  f"decode {result['decode_tok_s']:.2f} tok/s")
+            print(f"accuracy_level {level}: resident after load (MB): {parts}; "
+                  f"peak RSS {result['peak_rss_mb']:.0f} MB; decode {result['decode_tok_s']:.2f} tok/s")
 
 
 if __name__ == "__main__":

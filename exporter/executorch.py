@@ -103,7 +103,7 @@ class ExecuTorchDecoder(nn.Module):
                 self.register_buffer(f"value_{i}", torch.zeros(shape, dtype=dtype))
             else:
                 conv = (1, t.conv_dim, t.linear_conv_kernel_dim - 1)
-                dims = (t.linear_value_head_dim, t.linear_key_head_dim)  # S^T [Dv, Dk] per head
+                dims = (t.linear_value_head_dim, t.linear_key_head_dim)  # S^T [Dv, Dk] per head; S reversed
                 recurrent = (1, t.linear_num_value_heads, *(dims if transposed_state else dims[::-1]))
                 self.register_buffer(f"conv_{i}", torch.zeros(conv, dtype=dtype))
                 self.register_buffer(f"recurrent_{i}", torch.zeros(recurrent, dtype=torch.float32))
@@ -195,7 +195,8 @@ def export_program(model: Qwen35Model, options: ExportOptions) -> torch.export.E
 
 def export_image_program(model: Qwen35Model, config: ModelConfig, options: ExportOptions) -> torch.export.ExportedProgram:
     """torch.export of `forward_with_images`: dynamic T and image rows N, each in [1, prefill_chunk]."""
-    wrapper = ExecuTorchImageDecoder(model, options.max_seq_len, config.image_token_id, _transposed_state(options)).eval()
+    wrapper = ExecuTorchImageDecoder(model, options.max_seq_len, config.image_token_id,
+                                     _transposed_state(options)).eval()
     steps = torch.export.Dim("T", min=1, max=options.prefill_chunk)
     rows = torch.export.Dim("N", min=1, max=options.prefill_chunk)
     example = (torch.zeros(1, 2, dtype=torch.long), torch.zeros(2, config.text.hidden_size),
@@ -221,8 +222,8 @@ def _transposed_state(options: ExportOptions) -> bool:
 def lower_custom_ops(program: torch.export.ExportedProgram, options: ExportOptions) -> torch.export.ExportedProgram:
     """Replace each qwen35:: op by the decomposition its module declares for ExecuTorch, then tidy the graph.
 
-    The delta rule's depends on the kernel set (`ExportOptions.pte_kernels`): the delegable
-    decomposition ("stock") or ExecuTorch's `llama::gated_delta_rule` ("llm").
+    The delta rule's replacement depends on the kernel set (`ExportOptions.pte_kernels`): the
+    delegable decomposition ("stock") or ExecuTorch's `llama::gated_delta_rule` ("llm").
 
     Before: export's dtype asserts dropped (`drop_asserts`). Tidying after: `-1` for the dynamic size
     of views, layout round trips folded, repeated pure ops computed once, provenance cut to its root
@@ -275,13 +276,12 @@ def fold_state_resets(program: torch.export.ExportedProgram) -> torch.export.Exp
         g = node.args[3]  # [B, T, Hv] fp32
         aten = torch.ops.aten
         with graph.inserting_before(node):
-            steps = graph.call_function(aten.sym_size.int, (g, 1))
-            index = graph.call_function(aten.arange.default, (steps,), {"dtype": torch.float32})  # [T]
-            first = graph.call_function(aten.clamp.default, (graph.call_function(aten.rsub.Scalar, (index, 1.0)), 0.0))
-            drop = graph.call_function(aten.mul.Tensor, (graph.call_function(aten.sub.Tensor, (keep, 1.0)), -_RESET_LOG_DECAY))
-            offset = graph.call_function(aten.mul.Tensor, (graph.call_function(aten.view.default, (first, [1, -1, 1])),
-                                                           graph.call_function(aten.view.default, (drop, [1, 1, 1]))))
-            g = graph.call_function(aten.add.Tensor, (g, offset))  # g_0 - 1e4 on a reset, else g
+            call = graph.call_function
+            index = call(aten.arange.default, (call(aten.sym_size.int, (g, 1)),), {"dtype": torch.float32})  # [T]
+            first = call(aten.clamp.default, (call(aten.rsub.Scalar, (index, 1.0)), 0.0))  # [T]: 1, 0, 0, ...
+            drop = call(aten.mul.Tensor, (call(aten.sub.Tensor, (keep, 1.0)), -_RESET_LOG_DECAY))  # 0 or -1e4
+            first, drop = call(aten.view.default, (first, [1, -1, 1])), call(aten.view.default, (drop, [1, 1, 1]))
+            g = call(aten.add.Tensor, (g, call(aten.mul.Tensor, (first, drop))))  # g_0 - 1e4 on a reset, else g
         node.args = (*node.args[:3], g, *node.args[4:6], scaled, *node.args[7:])
     graph.eliminate_dead_code()
     program.graph_module.recompile()
@@ -293,8 +293,8 @@ def _load_llm_custom_ops() -> None:
     try:
         from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
     except (ImportError, OSError, AssertionError) as err:
-        raise QwenEdgeError(f"--pte-kernels llm: ExecuTorch's LLM custom-ops library did not load ({err}); "
-                            "install the executorch wheel pinned in pyproject.toml, or export with --pte-kernels stock") from err
+        raise QwenEdgeError(f"--pte-kernels llm: ExecuTorch's LLM custom-ops library did not load ({err}); install "
+                            "the executorch wheel pinned in pyproject.toml, or export with --pte-kernels stock") from err
 
 
 def root_provenance(graph_module: torch.fx.GraphModule) -> None:
