@@ -162,7 +162,7 @@ def test_graph_tidying_folds_round_trips_and_computes_repeats_once():
 def test_state_resets_fold_into_the_first_decay():
     """No delta rule reads `S * keep` after `fold_state_resets`: the buffer goes in as it is (the reset
     itself is checked end to end by test_new_sequence_does_not_see_the_previous_one)."""
-    from exporter.executorch import export_program, fold_state_resets
+    from exporter.executorch import fold_state_resets
 
     options = ExportOptions(max_seq_len=16, prefill_chunk=8)
     program = export_program(random_model(preset("tiny"), seed=0), options)
