@@ -185,8 +185,8 @@ def summarize(index: int, rounds: list[list[dict]], baseline: str | None) -> dic
         out[key] = statistics.median(m[key] for m in mine)
     out["peak_rss_mb"] = max(m["peak_rss_mb"] for m in mine)
     if baseline is not None:
+        peers = [next(x for x in r if x["who"] == baseline) for r in rounds]
         for key in ("prefill", "decode"):
-            peers = [next(x for x in r if x["who"] == baseline) for r in rounds]
             out[f"{key}_ratio"] = statistics.median(m[f"{key}_tok_s"] / p[f"{key}_tok_s"] for m, p in zip(mine, peers))
     return out
 

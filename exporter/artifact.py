@@ -96,6 +96,16 @@ def required_kernels(pte_kernels: str, quantized_embedding: bool = False) -> str
     return needs
 
 
+def load_llm_custom_ops() -> None:
+    """Load ExecuTorch's LLM custom-ops library, kernel set "llm": the llama:: ops' schemas for export, their
+    kernels for ExecuTorch's Python runtime (one library registers both)."""
+    try:
+        from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
+    except (ImportError, OSError, AssertionError) as err:
+        raise QwenEdgeError(f"kernel set 'llm': ExecuTorch's LLM custom-ops library did not load ({err}); install "
+                            "the executorch wheel pinned in pyproject.toml (or export with --pte-kernels stock)") from err
+
+
 def state_names(text: TextConfig) -> list[tuple[int, str]]:
     """(layer, part) of every state tensor, in the order the ONNX model lists them."""
     names = []

@@ -46,9 +46,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from exporter.artifact import IMAGE_METHOD, Artifact, ExportOptions, required_kernels
+from exporter.artifact import IMAGE_METHOD, Artifact, ExportOptions, load_llm_custom_ops, required_kernels
 from exporter.config import FULL, ModelConfig
-from exporter.errors import QwenEdgeError
 from exporter.model import Qwen35Model, StaticKV, splice_image_embeds
 from exporter.quantize_executorch import shape_only_quant_ops
 
@@ -234,7 +233,7 @@ def lower_custom_ops(program: torch.export.ExportedProgram, options: ExportOptio
     from ops.moe import executorch_decomposition as moe
 
     if options.pte_kernels == "llm":
-        _load_llm_custom_ops()
+        load_llm_custom_ops()
         delta_rule = executorch_llm_decomposition
     else:
         delta_rule = functools.partial(executorch_decomposition, max_len=options.prefill_chunk)
@@ -286,15 +285,6 @@ def fold_state_resets(program: torch.export.ExportedProgram) -> torch.export.Exp
     graph.eliminate_dead_code()
     program.graph_module.recompile()
     return program
-
-
-def _load_llm_custom_ops() -> None:
-    """Define the llama:: ops (schemas and shape functions) from ExecuTorch's LLM custom-ops library."""
-    try:
-        from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
-    except (ImportError, OSError, AssertionError) as err:
-        raise QwenEdgeError(f"--pte-kernels llm: ExecuTorch's LLM custom-ops library did not load ({err}); install "
-                            "the executorch wheel pinned in pyproject.toml, or export with --pte-kernels stock") from err
 
 
 def root_provenance(graph_module: torch.fx.GraphModule) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.artifact import IMAGE_EMBEDS, IMAGE_METHOD, state_names
+from exporter.artifact import IMAGE_EMBEDS, IMAGE_METHOD, load_llm_custom_ops, state_names
 from runtime.bundle import Bundle
 from runtime.errors import BundleError
 
@@ -199,7 +199,7 @@ class PteBackend(Backend):
         _set_executorch_threads(threads)
         _load_quantized_kernels()
         if artifact.get("details", {}).get("kernels") == "llm":
-            _load_llm_custom_ops()
+            load_llm_custom_ops()
         files = [bundle.file(entry["path"]) for entry in artifact["files"]]
         path, data = files[0], [f for f in files[1:] if f.suffix == ".ptd"]
         if len(data) > 1:
@@ -259,15 +259,6 @@ def _load_quantized_kernels() -> None:
         import executorch.kernels.quantized  # noqa: F401
     except ImportError as err:
         log.info("ExecuTorch quantized kernels not loaded (%s): quantized bundles will not run", err)
-
-
-def _load_llm_custom_ops() -> None:
-    """Register ExecuTorch's LLM custom-ops kernels (llama::gated_delta_rule), which a "llm"-kernels `.pte` calls."""
-    try:
-        from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
-    except (ImportError, OSError, AssertionError) as err:
-        raise BundleError(f"this .pte calls ExecuTorch's LLM custom ops, whose library did not load ({err}); "
-                          "install the executorch wheel pinned in pyproject.toml") from err
 
 
 def _set_executorch_threads(threads: int) -> None:
