@@ -146,10 +146,17 @@ def step_run(args) -> dict:
 
 
 class Runner:
-    """Feeds either model by its input names: ours (artifact.py's contract) or the builder's."""
+    """Feeds either model by its input names: ours (artifact.py's contract) or the builder's.
+
+    The state stays in ONNX Runtime's own tensors from call to call (`run_with_ort_values`), as an
+    app and `runtime.backends` keep it: `run` with numpy would copy every state out and back in, at
+    the 0.8B shape ~20 MB a decoded token, a cost neither model has in an app.
+    """
 
     def __init__(self, session, head_dim: int):
-        self.session, self.head_dim = session, head_dim
+        import onnxruntime as ort
+
+        self.session, self.head_dim, self.ort_value = session, head_dim, ort.OrtValue.ortvalue_from_numpy
         self.inputs = {i.name: i for i in session.get_inputs()}
         self.outputs = [o.name for o in session.get_outputs()]
         self.vocab = session.get_outputs()[0].shape[-1]
@@ -158,12 +165,12 @@ class Runner:
         self.feeds_back = {out: by_suffix[out.split(".", 1)[1]] for out in self.outputs[1:]}
         self.past = 0
 
-    def empty_state(self) -> dict[str, np.ndarray]:
+    def empty_state(self) -> dict:
         self.past = 0
         state = {}
         for name, info in self.inputs.items():
             if name.startswith("past"):
-                state[name] = np.zeros([self._dim(i, d) for i, d in enumerate(info.shape)], np.float32)
+                state[name] = self.ort_value(np.zeros([self._dim(i, d) for i, d in enumerate(info.shape)], np.float32))
         return state
 
     def _dim(self, index: int, dim) -> int:
@@ -174,13 +181,14 @@ class Runner:
 
     def call(self, ids: np.ndarray, state: dict) -> tuple[np.ndarray, dict]:
         steps = ids.shape[1]
-        feeds = {"input_ids": ids, **state}
+        feeds = {"input_ids": self.ort_value(np.ascontiguousarray(ids, np.int64)), **state}
         positions = np.arange(self.past, self.past + steps, dtype=np.int64)
-        feeds["position_ids"] = np.broadcast_to(positions, (3, 1, steps)).copy()  # [3, B, T], both models
+        feeds["position_ids"] = self.ort_value(np.broadcast_to(positions, (3, 1, steps)).copy())  # [3, B, T], both
         if "attention_mask" in self.inputs:
-            feeds["attention_mask"] = np.ones((1, self.past + steps), np.int64)
-        logits, *present = self.session.run(None, feeds)
+            feeds["attention_mask"] = self.ort_value(np.ones((1, self.past + steps), np.int64))
+        logits, *present = self.session.run_with_ort_values(self.outputs, feeds)
         self.past += steps
+        logits = logits.numpy()
         logits = logits[:, -1] if logits.ndim == 3 else logits  # the builder returns every position's logits
         return logits, {self.feeds_back[name]: value for name, value in zip(self.outputs[1:], present)}
 

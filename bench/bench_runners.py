@@ -8,6 +8,9 @@
   runtime is loaded) is the figure an app would add.
 - ONNX Runtime GenAI models (the builder's) run in `onnxruntime_genai`'s generator, with the KV
   buffer sized to the bench's context (`max_length`), not the model's 262 144 tokens.
+- `--onnx` models (ours, which onnxruntime-genai cannot load without its config, or the builder's
+  for the same footing) run on plain `onnxruntime` as `runtime.backends` opens ours, a greedy
+  token at a time; random prompt ids (speed does not depend on them).
 
 Both runtimes use a thread per core by default (ExecuTorch's threadpool, ONNX Runtime's intra-op
 pool): on this 2-core machine, 2 threads, like the other benches.
@@ -124,18 +127,54 @@ def step_genai(args) -> dict:
             "runtime_rss_mb": runtime_rss / 2**20, "peak_rss_mb": _peak_mb()}
 
 
-STEPS = {"pte": step_pte, "genai": step_genai}
+def step_onnx(args) -> dict:
+    """An ONNX model (ours, or the builder's) on plain onnxruntime, as `runtime.backends` opens ours: greedy, 2 threads."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from bench.bench_onnx import Runner
+
+    runtime_rss = rss_bytes()
+    folder = Path(args.model)
+    genai = folder / "genai_config.json"  # the builder leaves the KV head size symbolic; its config names it
+    head_dim = json.loads(genai.read_text())["model"]["decoder"]["head_size"] if genai.exists() else 0
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    runner = Runner(ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"]),
+                    head_dim=head_dim)
+    ids = np.random.default_rng(0).integers(0, 248_000, size=(1, args.prompt))
+    best = {"prefill_tok_s": 0.0, "decode_tok_s": 0.0}
+    for _ in range(args.repeats):
+        state = runner.empty_state()
+        start = time.perf_counter()
+        logits, state = runner.call(ids, state)
+        prefill_s = time.perf_counter() - start
+        start = time.perf_counter()
+        for _ in range(args.decode - 1):
+            logits, state = runner.call(np.argmax(logits, axis=-1).reshape(1, 1).astype(np.int64), state)
+        decode_s = time.perf_counter() - start
+        best["prefill_tok_s"] = max(best["prefill_tok_s"], args.prompt / prefill_s)
+        best["decode_tok_s"] = max(best["decode_tok_s"], (args.decode - 1) / decode_s)
+    return {**best, "prompt_tokens": args.prompt, "generated_tokens": args.decode,
+            "runtime_rss_mb": runtime_rss / 2**20, "peak_rss_mb": _peak_mb()}
+
+
+STEPS = {"pte": step_pte, "genai": step_genai, "onnx": step_onnx}
+RUNTIMES = {"pte": "ExecuTorch TextLLMRunner", "genai": "onnxruntime-genai", "onnx": "onnxruntime"}
 
 
 def measure(kind: str, label: str, model: str, args) -> dict:
-    result = steps.run_step(__file__, kind, args, driver_only=steps.DRIVER_ONLY + ("pte", "genai"), model=model)
-    return {"who": label, "runtime": "ExecuTorch TextLLMRunner" if kind == "pte" else "onnxruntime-genai", **result}
+    result = steps.run_step(__file__, kind, args, driver_only=steps.DRIVER_ONLY + tuple(STEPS), model=model)
+    return {"who": label, "runtime": RUNTIMES[kind], **result}
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pte", action="append", default=[], metavar="LABEL=DIR")
     parser.add_argument("--genai", action="append", default=[], metavar="LABEL=DIR")
+    parser.add_argument("--onnx", action="append", default=[], metavar="LABEL=DIR",
+                        help="an ONNX model (ours or the builder's) on plain onnxruntime, 2 threads")
     parser.add_argument("--tokenizer", help="a Qwen3.5 tokenizer.json (the LLM runner tokenizes the prompt)")
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--decode", type=int, default=64)
@@ -154,7 +193,7 @@ def main(argv=None) -> None:
         return
     if args.pte and not args.tokenizer:
         parser.error("--pte needs --tokenizer: ExecuTorch's LLM runner tokenizes the prompt")
-    runs = [("pte", *spec.split("=", 1)) for spec in args.pte] + [("genai", *spec.split("=", 1)) for spec in args.genai]
+    runs = [(kind, *spec.split("=", 1)) for kind in STEPS for spec in getattr(args, kind)]
     baseline = args.baseline or (args.genai[0].split("=", 1)[0] if args.genai else None)
     if baseline is not None and baseline not in [label for _, label, _ in runs]:
         parser.error(f"--baseline {baseline}: not one of the labels given")

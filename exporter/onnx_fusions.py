@@ -19,7 +19,9 @@ onnxscript's own `fuse_skip_rms_normalization` folds each residual Add into the 
 without, alternating in one process (2 threads): decode +5 % (8da4w) and +3 % (8da4w+emb4),
 prefill +3 %. A rule matches only the model's own construction (the [1, -1, D, 1] view of x², a
 mean over its last two axes, scalar eps), so any other graph is left as it is; `fuse_norms`
-reports how many of each it rewrote.
+reports how many of each it rewrote. Last, `drop_reshape_round_trips` lets readers of a
+Reshape(Reshape(x)) back to x's own shape read x (DeltaNet's v, viewed as heads by the model and
+packed again for LinearAttention).
 
 Not here: the op lowerings (`exporter.onnx_ops`), the export driver (`exporter.onnx`).
 """
@@ -166,9 +168,38 @@ def fuse_norms(model: ir.Model) -> dict[str, int]:
     norms = _NORM_RULES.apply_to_model(model)
     gates = _LinearAttentionGate.rule().apply_to_model(model)
     skip = fuse_skip_rms_normalization(model)
+    round_trips = drop_reshape_round_trips(model.graph)
     RemoveUnusedNodesPass()(model)  # the dead shape arithmetic of the views
     return {
         "SimplifiedLayerNormalization": norms - skip,
         "SkipSimplifiedLayerNormalization": skip,
         "LinearAttentionGate": gates,
+        "dropped_reshape_pairs": round_trips,
     }
+
+
+def drop_reshape_round_trips(graph: ir.Graph) -> int:
+    """Reshape(Reshape(x, a), b) whose output has x's shape: its readers read x. Returns how many.
+
+    A DeltaNet layer views v as heads for the model's code and LinearAttention takes it packed
+    again, two no-op kernels a layer and call. Shapes compare dim by dim (a static size, or the
+    same symbolic dim); a value with an unknown dim is left alone, and so is a graph output.
+    """
+    dropped = 0
+    for node in list(graph):
+        inner = node.inputs[0].producer() if node.op_type == "Reshape" and not node.domain else None
+        if inner is None or inner.op_type != "Reshape" or inner.domain or node.outputs[0].is_graph_output():
+            continue
+        source, result = inner.inputs[0], node.outputs[0]
+        if _same_shape(source, result):
+            ir.convenience.replace_all_uses_with(result, source)
+            dropped += 1
+    return dropped
+
+
+def _same_shape(a: ir.Value, b: ir.Value) -> bool:
+    if a.shape is None or b.shape is None or len(a.shape) != len(b.shape):
+        return False
+    dims = list(zip(a.shape, b.shape))
+    known = all(isinstance(x, int) or (x is not None and getattr(x, "value", None)) for pair in dims for x in pair)
+    return known and all(x == y for x, y in dims)

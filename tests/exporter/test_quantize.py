@@ -390,6 +390,40 @@ def test_onnx_untied_moe_model_quantizes_linears_and_keeps_the_moe_in_fp32(tmp_p
                            ExportOptions(max_seq_len=64, prefill_chunk=16, quant="8da4w", embedding_bits=4))
     ops = artifact.details["op_counts"]["com.microsoft"]
     assert ops["MoE"] == 4 and ops["GatherBlockQuantized"] == 1
-    assert ops["MatMulNBits"] == 14  # 3 DeltaNet layers x 3 + 1 attention x 4 + the LM head
+    # Per DeltaNet layer in_proj_qkv+in_proj_z (packed) and out_proj, per attention layer q+k+v (packed) and
+    # o_proj, and the LM head: 14 matrices in 9 nodes; the untied lookup table is the 15th matrix.
+    assert ops["MatMulNBits"] == 3 * 2 + 1 * 2 + 1 and artifact.details["quantization"]["matrices"] == 15
+    assert artifact.details["quantization"]["packed"]["groups"] == 4
     embedding = artifact.details["quantization"]["embedding"]
     assert not embedding["tied"] and not embedding["stored_once"]
+
+
+def test_onnx_packed_projections_compute_what_separate_ones_do(tmp_path, monkeypatch):
+    """Stacking the projections of one input into one MatMulNBits changes no output bit, and leaves one node each."""
+    import exporter.quantize_onnx as quantize_onnx
+    from exporter.onnx import example_state, export_onnx, io_names
+
+    config = preset("tiny")
+    model = random_model(config, seed=5)
+    options = ExportOptions(max_seq_len=64, prefill_chunk=16, quant="8da4w", embedding_bits=4)
+    packed = export_onnx(model, config, tmp_path / "packed", options)
+    monkeypatch.setattr(quantize_onnx, "_pack_siblings", lambda graph: {"groups": 0, "matrices": 0})
+    separate = export_onnx(model, config, tmp_path / "separate", options)
+    layers = config.text.layer_types
+    linear, full = layers.count("linear_attention"), len(layers) - layers.count("linear_attention")
+    # Packed: in_proj_qkv+in_proj_z, the MLP's gate+up, q+k+v; separate: 2, 2 and 3 nodes for those.
+    assert packed.details["quantization"]["packed"] == {
+        **packed.details["quantization"]["packed"], "groups": 2 * linear + 2 * full, "matrices": 4 * linear + 5 * full}
+    count = {name: a.details["op_counts"]["com.microsoft"]["MatMulNBits"] for name, a in (("p", packed), ("s", separate))}
+    assert count["s"] - count["p"] == 2 * linear + 3 * full
+
+    import onnxruntime as ort
+
+    names, _ = io_names(config)
+    ids = torch.randint(0, config.text.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
+    feeds = {"input_ids": ids.numpy(), "position_ids": torch.arange(9).expand(3, 2, 9).contiguous().numpy()}
+    feeds.update(zip(names[2:], [x.numpy() for x in example_state(config, 2, 0)]))
+    runs = [ort.InferenceSession(str(tmp_path / d / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)
+            for d in ("packed", "separate")]
+    for name, a, b in zip(["logits", *names[2:]], *runs, strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=name)
