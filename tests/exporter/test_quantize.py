@@ -419,11 +419,15 @@ def test_onnx_packed_projections_compute_what_separate_ones_do(tmp_path, monkeyp
 
     import onnxruntime as ort
 
-    names, _ = io_names(config)
-    ids = torch.randint(0, config.text.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
-    feeds = {"input_ids": ids.numpy(), "position_ids": torch.arange(9).expand(3, 2, 9).contiguous().numpy()}
-    feeds.update(zip(names[2:], [x.numpy() for x in example_state(config, 2, 0)]))
-    runs = [ort.InferenceSession(str(tmp_path / d / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)
-            for d in ("packed", "separate")]
-    for name, a, b in zip(["logits", *names[2:]], *runs, strict=True):
-        np.testing.assert_array_equal(a, b, err_msg=name)
+    inputs, outputs = io_names(config)
+    sessions = [ort.InferenceSession(str(tmp_path / d / "model.onnx"), providers=["CPUExecutionProvider"])
+                for d in ("packed", "separate")]
+    ids = torch.randint(0, config.text.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0)).numpy()
+    state = [x.numpy() for x in example_state(config, 2, 0)]
+    for start in (0, 9):  # a 9-token prompt (matrix kernels), then one token after it (vector kernels)
+        steps = ids.shape[1]
+        feeds = {"input_ids": ids, "position_ids": np.broadcast_to(start + np.arange(steps), (3, 2, steps)).copy()}
+        runs = [session.run(None, {**feeds, **dict(zip(inputs[2:], state))}) for session in sessions]
+        for name, a, b in zip(outputs, *runs, strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=f"{name} at position {start}")
+        ids, state = runs[0][0].argmax(-1)[:, None], runs[0][1:]
