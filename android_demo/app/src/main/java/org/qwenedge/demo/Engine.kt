@@ -31,7 +31,16 @@ class Engine(private val bundleDir: File, private val manifest: Manifest) : Clos
     // A module temperature of -1 lets each generate() call choose its own (chat vs self-check).
     module = LlmModule(LlmModule.MODEL_TYPE_TEXT, program.path, tokenizer.path, PER_CALL_TEMPERATURE,
         data.singleOrNull())
-    module.load()
+    // load() reports failure by its status, not by throwing: a program calling a kernel this build of
+    // ExecuTorch lacks (a `--pte-kernels llm` bundle without the LLM kernels) would otherwise fail later,
+    // at the first generate().
+    val status = module.load()
+    if (status != 0) {
+      module.close()
+      throw BundleException("ExecuTorch could not load ${program.name} (error 0x${Integer.toHexString(status)}); " +
+          "check that this app's ExecuTorch matches the bundle's toolchain.executorch and links every kernel " +
+          "listed in the manifest's kernels_required")
+    }
   }
 
   /**
