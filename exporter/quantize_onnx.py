@@ -93,15 +93,8 @@ class _Quantized:
         self.error = _relative_error(qdata, torch.from_numpy(stored.astype(np.float32)), weight)
 
     def add_to(self, graph: ir.Graph) -> tuple[ir.Value, ir.Value]:
-        """B and the fp32 scales MatMulNBits reads (a Cast of the stored fp16 ones, placed first in the graph)."""
-        scales = _initializer(graph, self.scales)
-        if self.scales.dtype != ir.DataType.FLOAT:
-            cast = ir.Node("", "Cast", [scales], ir.convenience.convert_attributes({"to": ir.DataType.FLOAT}),
-                           name=f"{self.scales.name}_to_fp32")
-            cast.outputs[0].name = self.scales.name.removesuffix(HALF_SCALES)
-            graph.insert_before(next(iter(graph)), cast)
-            scales = cast.outputs[0]
-        return _initializer(graph, self.packed), scales
+        """B and the fp32 scales MatMulNBits reads (see `_fp32_scales`)."""
+        return _initializer(graph, self.packed), _fp32_scales(graph, self.scales)
 
     def nbytes(self) -> int:
         return self.packed.nbytes + self.scales.nbytes
@@ -115,6 +108,18 @@ def stored_scales(scale: torch.Tensor) -> np.ndarray:
         half = full.astype(np.float16)
         fits = bool((np.abs(half.astype(np.float32) - full) <= np.abs(full) * 2.0**-11).all())
     return half if fits else full
+
+
+def _fp32_scales(graph: ir.Graph, stored: ir.TensorProtocol) -> ir.Value:
+    """The stored scales as an initializer, read through a Cast to fp32 (placed first in the graph) when fp16."""
+    scales = _initializer(graph, stored)
+    if stored.dtype != ir.DataType.FLOAT:
+        cast = ir.Node("", "Cast", [scales], ir.convenience.convert_attributes({"to": ir.DataType.FLOAT}),
+                       name=f"{stored.name}_to_fp32")
+        cast.outputs[0].name = stored.name.removesuffix(HALF_SCALES)
+        graph.insert_before(next(iter(graph)), cast)
+        scales = cast.outputs[0]
+    return scales
 
 
 def _relative_error(qdata: torch.Tensor, scale: torch.Tensor, weight: torch.Tensor) -> float:
@@ -313,22 +318,13 @@ def _pack(graph: ir.Graph, nodes: list[ir.Node]) -> None:
     half = stored[0].dtype != ir.DataType.FLOAT
     scales = ir.tensor(np.concatenate([s.const_value.numpy() for s in stored]),
                        name=f"{name}.scales" + (HALF_SCALES if half else ""))
-    scales_value = _initializer(graph, scales)
-    new_nodes = []
-    if half:
-        cast = ir.Node("", "Cast", [scales_value], ir.convenience.convert_attributes({"to": ir.DataType.FLOAT}),
-                       name=f"{scales.name}_to_fp32")
-        cast.outputs[0].name = scales.name.removesuffix(HALF_SCALES)
-        new_nodes.append(cast)
-        scales_value = cast.outputs[0]
     attributes = {a.name: a for a in first.attributes.values()}
     attributes["N"] = ir.AttrInt64("N", sum(widths))
-    matmul = ir.Node(MS_DOMAIN, "MatMulNBits", [first.inputs[0], _initializer(graph, data), scales_value],
+    matmul = ir.Node(MS_DOMAIN, "MatMulNBits", [first.inputs[0], _initializer(graph, data), _fp32_scales(graph, scales)],
                      attributes.values(), name=f"{first.name}_packed", metadata_props=dict(first.metadata_props))
     split = ir.Node("", "Split", [matmul.outputs[0], _int64(graph, f"{name}.split", widths)],
                     ir.convenience.convert_attributes({"axis": -1}), num_outputs=len(nodes), name=f"{first.name}_unpack")
-    new_nodes += [matmul, split]
-    graph.insert_before(first, new_nodes)
+    graph.insert_before(first, [matmul, split])
     for node, output in zip(nodes, split.outputs, strict=True):
         output.name, node.outputs[0].name = node.outputs[0].name, None
         ir.convenience.replace_all_uses_with(node.outputs[0], output)
