@@ -12,9 +12,10 @@ ONNX (`model.onnx`, `model.onnx.data` when external): inputs `input_ids` int64
 [B, T] and `position_ids` int64 [3, B, T] (M-RoPE t, h, w; equal rows for text),
 then per layer i the past state: full-attention layers `past_key_values.{i}.key`
 and `.value` [B, Hkv, P, Dh]; DeltaNet layers `past_key_values.{i}.conv`
-[B, C, K-1] and `.recurrent` float32 [B, Hv, Dk, Dv]. Outputs: `logits` [B, V]
+[B, C, K-1] and `.recurrent` float32 [B, Hv, Dk, Dv]. Outputs: `logits` [B, 1, V]
 (last position) and `present.{i}.key|value|conv|recurrent` with the next state
-(key/value grow to P + T). 1 <= T <= prefill_chunk per call.
+(key/value grow to P + T). 1 <= T <= prefill_chunk per call. Beside it,
+`genai_config.json` describes the model to onnxruntime-genai (`exporter.onnx.genai_config`).
 
 Multimodal checkpoints add an image path to both, so image prompts need no second
 decoder and no host-side copy of the embedding table: image embeddings [N, D]

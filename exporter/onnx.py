@@ -27,6 +27,7 @@ the model (`runtime/`), the manifest (`exporter.bundle`).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -55,6 +56,7 @@ logger = logging.getLogger(__name__)
 OPSET = 18  # the oldest opset with every op used here: the widest set of runtimes
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
+GENAI_CONFIG = "genai_config.json"  # what onnxruntime-genai reads to drive the model (see `genai_config`)
 # Weights above this go to model.onnx.data: ONNX Runtime memory-maps an external data file, where
 # weights inside the protobuf are parsed into a copy first (0.8B 8da4w, prefill and decode: 1.26 GB
 # peak RSS in one file, 1.14 GB with the data beside it). One protobuf file holds at most 2 GiB anyway.
@@ -92,7 +94,7 @@ class OnnxDecoder(nn.Module):
             x, state = layer(x, rope, (past[2 * i], past[2 * i + 1]))  # [B, T, D]
             present += state
         logits = m.lm_head(m.norm(x[:, -1]))  # [B, V]
-        return (logits, *present)
+        return (logits[:, None], *present)  # [B, 1, V]: rank 3, the logits layout onnxruntime-genai reads
 
 
 class OnnxImageDecoder(OnnxDecoder):
@@ -149,13 +151,58 @@ def export_onnx(model: Qwen35Model, config: ModelConfig, out_dir: Path, options:
     _default_to_no_images(onnx_model)
     external = _weight_bytes(onnx_model) > EXTERNAL_DATA_THRESHOLD
     save_atomically(onnx_model, Path(out_dir), MODEL_FILE, DATA_FILE if external else None)
+    write_atomically(Path(out_dir) / GENAI_CONFIG, json.dumps(genai_config(config, options), indent=1) + "\n")
     logger.info("ONNX export: wrote %s in %.0f s", Path(out_dir) / MODEL_FILE, time.perf_counter() - start)
     details = _describe(onnx_model, config, options, external)
     details["quantization"] = {**recipe.manifest("onnx"), **(quantized or {})}
     details["fusions"] = fusions
     details["export_seconds"] = round(time.perf_counter() - start, 1)
     files = [MODEL_FILE, DATA_FILE] if external else [MODEL_FILE]
-    return Artifact(format="onnx", files=files, quant=options.quant, details=details)
+    return Artifact(format="onnx", files=[*files, GENAI_CONFIG], quant=options.quant, details=details)
+
+
+def genai_config(config: ModelConfig, options: ExportOptions) -> dict[str, Any]:
+    """onnxruntime-genai's description of the model: an app can run the artifact with its `Model` and `Generator`.
+
+    It names our inputs and outputs (`exporter.artifact`'s contract, which onnxruntime-genai's
+    `qwen3_5_text` type reads when told the names) and turns off past/present buffer sharing: the
+    KV cache here grows by concatenation (P + T), where the model builder's GroupQueryAttention
+    writes into a buffer of the whole context. Threads are left to the app (`session_options`).
+    """
+    t = config.text
+    specials = {"bos_token_id": t.bos_token_id, "eos_token_id": list(t.eos_token_ids), "pad_token_id": t.pad_token_id}
+    state = {"key": "past_key_names", "value": "past_value_names", "conv": "past_conv_names",
+             "recurrent": "past_recurrent_names"}
+    return {
+        "model": {
+            "type": "qwen3_5_text",
+            **{key: value for key, value in specials.items() if value not in (None, [])},  # it rejects nulls
+            "vocab_size": t.vocab_size,
+            "context_length": options.max_seq_len,
+            "decoder": {
+                "filename": MODEL_FILE,
+                "session_options": {"log_id": "qwen-edge", "provider_options": []},
+                "head_size": t.head_dim,
+                "hidden_size": t.hidden_size,
+                "num_attention_heads": t.num_attention_heads,
+                "num_key_value_heads": t.num_key_value_heads,
+                "num_hidden_layers": t.num_hidden_layers,
+                "inputs": {"input_ids": "input_ids", "position_ids": "position_ids",
+                           **{name: f"past_key_values.%d.{part}" for part, name in state.items()}},
+                "outputs": {"logits": "logits",
+                            **{name.replace("past_", "present_"): f"present.%d.{part}" for part, name in state.items()}},
+            },
+        },
+        "search": {"do_sample": False, "max_length": options.max_seq_len, "num_beams": 1,
+                   "past_present_share_buffer": False},
+    }
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write `path` through a temporary file beside it, so a reader never sees half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------

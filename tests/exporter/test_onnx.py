@@ -52,7 +52,7 @@ class Exported:
         feeds = {"input_ids": ids.numpy(), "position_ids": positions(ids, start).numpy()}
         feeds.update(zip(names[2:], state))
         logits, *present = self.session.run(None, feeds)
-        return logits, present
+        return logits[:, -1], present  # [B, 1, V] -> [B, V]
 
     def empty_state(self) -> list[np.ndarray]:
         return [x.numpy() for x in example_state(self.config, BATCH, 0)]
@@ -149,7 +149,7 @@ def test_io_follows_the_artifact_contract(exported):
     t = config.text
     assert shapes["input_ids"] == ("int64", ["batch", "sequence"])
     assert shapes["position_ids"] == ("int64", [3, "batch", "sequence"])
-    assert shapes["logits"] == ("float32", ["batch", t.vocab_size])
+    assert shapes["logits"] == ("float32", ["batch", 1, t.vocab_size])
     full = t.layer_types.index(FULL)
     linear = t.layer_types.index("linear_attention")
     assert shapes[f"past_key_values.{full}.key"] == ("float32", ["batch", t.num_key_value_heads, "past_sequence", t.head_dim])
@@ -160,8 +160,8 @@ def test_io_follows_the_artifact_contract(exported):
     # Every weight stored once: the tied embedding serves Gather and the LM head's Gemm, re-laid weights replace theirs.
     parameter_bytes = sum(p.numel() * p.element_size() for p in exported.model.parameters())
     assert 0 <= details["weight_bytes"] - parameter_bytes < 4096  # plus a few small constants
-    assert exported.artifact.files == ["model.onnx"] and not details["external_data"]
-    assert sorted(p.name for p in exported.out_dir.iterdir()) == ["model.onnx"]  # no temporary left behind
+    assert exported.artifact.files == ["model.onnx", "genai_config.json"] and not details["external_data"]
+    assert sorted(p.name for p in exported.out_dir.iterdir()) == ["genai_config.json", "model.onnx"]  # no temporary left
 
 
 def test_external_data_layout_runs_the_same(exported, tmp_path):
@@ -175,6 +175,32 @@ def test_external_data_layout_runs_the_same(exported, tmp_path):
     feeds.update(zip(names[2:], exported.empty_state()))
     for actual, expected in zip(external.run(None, feeds), exported.session.run(None, feeds), strict=True):
         np.testing.assert_array_equal(actual, expected)
+
+
+def test_onnxruntime_genai_generates_what_onnxruntime_does(exported):
+    """The genai_config.json beside the model lets onnxruntime-genai's generator drive it: the same greedy tokens."""
+    og = pytest.importorskip("onnxruntime_genai")
+    ids = prompt_ids(exported.config)[:1]  # [1, T]: one sequence
+    steps = 8
+    state = [x[:1] for x in exported.empty_state()]
+    logits, state = exported.run(ids, 0, state)
+    expected = []
+    for step in range(steps):
+        expected.append(int(logits[0].argmax()))
+        logits, state = exported.run(torch.tensor([[expected[-1]]]), PROMPT + step, state)
+    config = og.Config(str(exported.out_dir))
+    config.clear_providers()  # CPU
+    model = og.Model(config)
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=PROMPT + steps, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(ids[0].numpy().astype(np.int32))
+    while not generator.is_done():
+        generator.generate_next_token()
+    generated = [int(t) for t in generator.get_sequence(0)[PROMPT:]]
+    # The generator stops early only at an end-of-sequence id, which the config names.
+    assert generated == expected[: len(generated)]
+    assert len(generated) == steps or generated[-1] in exported.config.text.eos_token_ids
 
 
 def test_profile_uses_the_ops_it_promises(exported):

@@ -100,7 +100,8 @@ def contract_onnx(config) -> "onnx.ModelProto":  # noqa: F821
         helper.make_node("Cast", ["pos_last"], ["pos_f"], to=TensorProto.FLOAT),
         helper.make_node("Mul", ["pos_f", "milli"], ["pos_small"]),
         helper.make_node("Reshape", ["pos_small", "one_one"], ["pos_term"]),  # [1, 1]
-        helper.make_node("Add", ["onehot", "pos_term"], ["logits"]),
+        helper.make_node("Add", ["onehot", "pos_term"], ["logits_rows"]),  # [1, V]
+        helper.make_node("Unsqueeze", ["logits_rows", "one"], ["logits"]),  # [1, 1, V], as the exporter writes
         helper.make_node("Cast", ["pos_t"], ["pos_tf"], to=TensorProto.FLOAT),
         helper.make_node("Add", ["pos_tf", "one_f"], ["pos_plus"]),  # [1, T]
         helper.make_node("Unsqueeze", ["pos_plus", "axes"], ["kv_base"]),  # [1, 1, T, 1]
@@ -118,7 +119,7 @@ def contract_onnx(config) -> "onnx.ModelProto":  # noqa: F821
     ]
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "T"]),
               helper.make_tensor_value_info("position_ids", TensorProto.INT64, [3, 1, "T"])]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, V])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1, V])]
     for i, part in state_names(t):
         past, present = f"past_key_values.{i}.{part}", f"present.{i}.{part}"
         inputs.append(helper.make_tensor_value_info(past, TensorProto.FLOAT, None))
