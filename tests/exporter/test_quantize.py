@@ -430,4 +430,4 @@ def test_onnx_packed_projections_compute_what_separate_ones_do(tmp_path, monkeyp
         runs = [session.run(None, {**feeds, **dict(zip(inputs[2:], state))}) for session in sessions]
         for name, a, b in zip(outputs, *runs, strict=True):
             np.testing.assert_array_equal(a, b, err_msg=f"{name} at position {start}")
-        ids, state = runs[0][0].argmax(-1)[:, None], runs[0][1:]
+        ids, state = runs[0][0][:, -1].argmax(-1)[:, None], runs[0][1:]  # logits [B, 1, V]
