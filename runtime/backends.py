@@ -179,7 +179,8 @@ class OnnxBackend(Backend):
         outputs = ["logits"] + [f"present.{i}.{p}" for i, p in self._names]
         values = self._session.run_with_ort_values(outputs, feeds)
         self._past = {f"past_key_values.{i}.{p}": v for (i, p), v in zip(self._names, values[1:], strict=True)}
-        return values[0].numpy()[0, -1].astype(np.float32, copy=False)  # logits [1, 1, V]: the last position
+        logits = values[0].numpy()  # [1, 1, V]; bundles exported before genai_config.json have [1, V]
+        return (logits[0, -1] if logits.ndim == 3 else logits[0]).astype(np.float32, copy=False)
 
     def state(self) -> dict[str, np.ndarray] | None:
         return {f"{i}.{p}": self._past[f"past_key_values.{i}.{p}"].numpy().astype(np.float32) for i, p in self._names}

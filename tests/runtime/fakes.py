@@ -139,10 +139,24 @@ def export_contract_onnx(model, config, out_dir: Path, options: ExportOptions) -
     return Artifact("onnx", ["model.onnx"], options.quant, {"profile": "toy", "note": "contract test double"})
 
 
-def contract_onnx_bundle(out: Path) -> Path:
+def export_contract_onnx_rank2_logits(model, config, out_dir: Path, options: ExportOptions) -> Artifact:
+    """The toy model as bundles before genai_config.json were exported: logits [1, V], not [1, 1, V]."""
+    import onnx
+
+    proto = contract_onnx(config)
+    graph = proto.graph
+    unsqueeze = next(n for n in graph.node if n.output[0] == "logits")
+    graph.node.remove(unsqueeze)
+    next(n for n in graph.node if n.output[0] == "logits_rows").output[0] = "logits"
+    del graph.output[0].type.tensor_type.shape.dim[1]
+    onnx.save(proto, out_dir / "model.onnx")
+    return Artifact("onnx", ["model.onnx"], options.quant, {"profile": "toy", "note": "contract test double"})
+
+
+def contract_onnx_bundle(out: Path, exporter: str = "export_contract_onnx") -> Path:
     """A tiny-preset bundle whose `onnx` artifact is the toy contract model (not the decoder)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(bundle_module.EXPORTERS, "onnx", (__name__, "export_contract_onnx"))
+        mp.setitem(bundle_module.EXPORTERS, "onnx", (__name__, exporter))
         return bundle_module.export_bundle("tiny", out, formats=["onnx"], options=SMALL, validate=False)
 
 

@@ -26,6 +26,15 @@ def test_logits_come_from_the_last_token_and_position(session):
     np.testing.assert_allclose(logits[10] - 1.0, 0.002, atol=1e-6)  # position 2
 
 
+def test_a_bundle_with_rank_2_logits_still_runs(tmp_path):
+    """Bundles exported before the logits became [B, 1, V] (for onnxruntime-genai) give the same logits."""
+    older = runtime.load(contract_onnx_bundle(tmp_path / "bundle", "export_contract_onnx_rank2_logits"), "onnx",
+                         threads=1)
+    logits = older.prefill([7, 8, 9])
+    assert logits.shape == (older.bundle.config.text.vocab_size,) and int(np.argmax(logits)) == 10
+    np.testing.assert_allclose(logits[10] - 1.0, 0.002, atol=1e-6)
+
+
 def test_state_is_fed_back_and_grows(session):
     session.reset()
     session.prefill(list(range(40)))  # chunks of 32 + 8: two calls
