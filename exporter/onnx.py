@@ -2,9 +2,10 @@
 
 `export_onnx` traces `exporter.model.Qwen35Model` with `torch.export` (dynamic batch, new tokens
 and cached tokens), lowers the `qwen35::` ops per profile (`exporter.onnx_ops`), converts with
-torch.onnx's dynamo exporter and writes `model.onnx` atomically. The I/O contract is the one
-`exporter.artifact` documents: token ids and [3, B, T] M-RoPE positions in, the last position's
-logits and every layer's next state out, under stable names.
+torch.onnx's dynamo exporter and writes `model.onnx` atomically, with the `genai_config.json`
+that lets onnxruntime-genai drive it. The I/O contract is the one `exporter.artifact` documents:
+token ids and [3, B, T] M-RoPE positions in, the last position's logits and every layer's next
+state out, under stable names.
 
 Profiles (`ExportOptions.onnx_profile`):
 - `ort`: ONNX Runtime's contrib ops where they exist and are faster (LinearAttention, MoE);
@@ -201,8 +202,11 @@ def genai_config(config: ModelConfig, options: ExportOptions) -> dict[str, Any]:
 def write_atomically(path: Path, text: str) -> None:
     """Write `path` through a temporary file beside it, so a reader never sees half of it."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only still there if the write or the rename failed
 
 
 # ---------------------------------------------------------------------------------------------------
