@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 import os
 import time
@@ -496,7 +497,35 @@ def _xnnpack_partitioner_class():
                 return ops, None
             return ops, check
 
+        def generate_partitions(self, ep):
+            """XNNPACK's grouping, but each block of a `BlockedLinear` is a delegate of its own.
+
+            A delegate packs all its weights before it frees their mapped bytes, so a large
+            head in one delegate adds its whole size to the load's peak (see
+            `exporter.quantize_executorch.HEAD_BLOCK_BYTES`).
+            """
+            from executorch.exir.backend.canonical_partitioners.pattern_op_partitioner import (
+                generate_grouped_partitions_from_list_of_nodes,
+            )
+            from torch.fx.passes.infra.partitioner import Partition
+
+            matches = self.get_matched_nodes_from_configs(ep)
+            alone = [match for match in matches if any(_in_blocked_linear(node) for node in match)]
+            if not alone:
+                return super().generate_partitions(ep)
+            grouped = generate_grouped_partitions_from_list_of_nodes(
+                ep.graph_module, [match for match in matches if match not in alone])
+            ids = itertools.count(max((p.id for p in grouped), default=-1) + 1)
+            return grouped + [Partition(id=next(ids), nodes=match) for match in alone]
+
     return Partitioner
+
+
+def _in_blocked_linear(node: torch.fx.Node) -> bool:
+    """Whether the node was traced inside a `BlockedLinear` (by its module stack)."""
+    from exporter.quantize_executorch import BlockedLinear
+
+    return any(BlockedLinear.__qualname__ in str(kind) for _, kind in node.meta.get("nn_module_stack", {}).values())
 
 
 def xnnpack_partitioner():

@@ -4,6 +4,8 @@
   8da4w, int8 per channel for 8w), the pattern ExecuTorch's XNNPACK partitioner lowers to its qd8
   kernels, built on `exporter.quantize.qparams`' integers (`_dynamic_int8_weight`);
 - the LM head: the same at the embedding's precision (int8 per row, or int4 grouped);
+- a head over `HEAD_BLOCK_BYTES` as row blocks (`BlockedLinear`), each its own XNNPACK delegate,
+  and the lookup on the same blocks: see `HEAD_BLOCK_BYTES`;
 - the embedding lookup: `QuantizedEmbedding`, on the head's integers and scales. Its table is
   byte for byte the head's weight as XNNPACK serialises it, so the external data file, which
   de-duplicates identical buffers, stores the matrix once: at int8 the rows themselves, read by
@@ -25,6 +27,7 @@ Not here: the scheme policy (`exporter.quantize`), the lowering (`exporter.execu
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from typing import Any, Iterator
 
@@ -38,34 +41,95 @@ from exporter.quantize import (
 # fp16: parameters kept in fp32 (the model computes with them in fp32; see exporter.quantize.HIGH_PRECISION).
 FP32_UNDER_FP16 = ("A_log", "dt_bias", "norm.weight", "layernorm.weight", "q_norm.weight", "k_norm.weight")
 
+# The most bytes of the quantized LM head one XNNPACK delegate packs. A delegate keeps the mapped
+# bytes of all its weights until it has packed them all, beside the packed copies, so a head in one
+# piece adds its whole size to the load's peak RSS; in row blocks, each its own delegate, the peak
+# holds one block (0.8B with an int8 embedding, in ExecuTorch's LLM runner: 998 -> 850 MB,
+# `bench/pte_memory.py`). The blocks' logits are the same numbers: each output row is its own dot
+# product with the same quantized activations.
+HEAD_BLOCK_BYTES = 64 * 2**20
+
+
+def head_block_rows(rows: int, columns: int, bits: int) -> int:
+    """Rows per block of a quantized [rows, columns] head, so that a block's integers fit HEAD_BLOCK_BYTES."""
+    blocks = max(1, math.ceil(rows * columns * bits / 8 / HEAD_BLOCK_BYTES))
+    return math.ceil(rows / blocks)
+
+
+class BlockedLinear(nn.Module):
+    """A bias-free linear whose weight's rows are split into blocks, each its own linear: outputs concatenated.
+
+    `exporter.executorch`'s partitioner gives each block its own XNNPACK delegate (see HEAD_BLOCK_BYTES).
+    """
+
+    def __init__(self, weights: list[Tensor]):
+        super().__init__()
+        self.blocks = nn.ModuleList()
+        for weight in weights:
+            linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+            linear.weight = nn.Parameter(weight, requires_grad=False)
+            self.blocks.append(linear)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([block(x) for block in self.blocks], dim=-1)
+
 
 class QuantizedEmbedding(nn.Module):
     """Row lookup in a symmetric int8 (or packed int4) table with per-row or per-group scales.
+
+    With `block_rows`, the table is held as the head's row blocks (`BlockedLinear`), byte for byte,
+    so the data file still stores it once: each block looks up the ids clamped into its rows, and
+    an id takes its row from the block that holds it.
 
     `weight` is not the table: it is an empty tensor in the output dtype, because callers read
     `embed_tokens.weight.dtype` / `.device` for the dtype of the model's state.
     """
 
-    def __init__(self, qdata: Tensor, scales: Tensor, bits: int, dtype: torch.dtype = torch.float32):
+    def __init__(self, qdata: Tensor, scales: Tensor, bits: int, dtype: torch.dtype = torch.float32,
+                 block_rows: int | None = None):
         super().__init__()
         self.bits = bits
         if bits == 4:  # XNNPACK's qb4w packing (exir's `convert_to_qc4w`): code + 8, even column in the low nibble
             codes = (qdata.to(torch.int16) + 8).to(torch.uint8)
             qdata = codes[:, 1::2] << 4 | codes[:, 0::2]  # [V, D/2]
-        self.register_buffer("qdata", qdata.contiguous())  # int8 [V, D] or uint8 [V, D/2]
-        self.register_buffer("scales", scales.reshape(scales.shape[0], -1).squeeze(-1).contiguous())  # [V] or [V, G]
+        scales = scales.reshape(scales.shape[0], -1).squeeze(-1)  # [V] or [V, G]
+        self.starts = list(range(0, qdata.shape[0], block_rows or qdata.shape[0]))
+        for i, start in enumerate(self.starts):
+            end = start + (block_rows or qdata.shape[0])
+            self.register_buffer(f"qdata_{i}", qdata[start:end].contiguous())  # int8 [rows, D] or uint8 [rows, D/2]
+            self.register_buffer(f"scales_{i}", scales[start:end].contiguous())
         self.register_buffer("weight", torch.empty(0, dtype=dtype), persistent=False)
 
+    def tables(self) -> list[tuple[int, Tensor, Tensor]]:
+        """(first row, integers, scales) of each block."""
+        return [(start, getattr(self, f"qdata_{i}"), getattr(self, f"scales_{i}")) for i, start in enumerate(self.starts)]
+
+    @property
+    def qdata(self) -> Tensor:
+        """The whole table's integers (a copy when in blocks)."""
+        tables = [qdata for _, qdata, _ in self.tables()]
+        return tables[0] if len(tables) == 1 else torch.cat(tables)
+
     def forward(self, ids: Tensor) -> Tensor:
+        tables = self.tables()
+        if len(tables) == 1:
+            return self._rows(tables[0][1], tables[0][2], ids)
+        rows = None
+        for start, qdata, scales in tables:  # ascending: an id's own block is the last with start <= id
+            found = self._rows(qdata, scales, (ids - start).clamp(0, qdata.shape[0] - 1))
+            rows = found if rows is None else torch.where((ids >= start).unsqueeze(-1), found, rows)
+        return rows
+
+    def _rows(self, qdata: Tensor, scales: Tensor, ids: Tensor) -> Tensor:
         if self.bits == 8:
             ops = torch.ops.quantized_decomposed
-            return ops.embedding_byte.dtype(self.qdata, self.scales, None, -128, 127, ids, dtype=self.weight.dtype)
+            return ops.embedding_byte.dtype(qdata, scales, None, -128, 127, ids, dtype=self.weight.dtype)
         # The looked-up rows only: float math on bytes 0..255 is exact, and the product (code - 8) * scale
         # is the one `embedding_4bit` computes.
-        packed = nn.functional.embedding(ids, self.qdata).float()  # [.., D/2]
+        packed = nn.functional.embedding(ids, qdata).float()  # [.., D/2]
         high = torch.floor(packed * (1.0 / 16.0))  # odd columns
         codes = torch.stack([packed - 16.0 * high, high], dim=-1).flatten(-2) - 8.0  # [.., D]
-        scales = nn.functional.embedding(ids, self.scales)  # [.., G]
+        scales = nn.functional.embedding(ids, scales)  # [.., G]
         rows = codes.unflatten(-1, (scales.shape[-1], -1)) * scales.unsqueeze(-1)  # [.., G, D / G]
         return rows.flatten(-2).to(self.weight.dtype)
 
@@ -96,21 +160,26 @@ def _quantize_head_and_embedding(model: nn.Module, recipe: QuantRecipe) -> dict[
 
     bits, group = recipe.embedding_bits, recipe.embedding_group
     tied = model.lm_head.weight is model.embed_tokens.weight
-    head = _dynamic_int8_weight(model.lm_head.weight.detach(), bits, group)  # qdata int8 [V, D], scale [V, G]
-    model.lm_head.weight = nn.Parameter(head, requires_grad=False)
+    weight = model.lm_head.weight.detach()
+    rows = head_block_rows(weight.shape[0], weight.shape[1], bits)
+    blocks = [_dynamic_int8_weight(block, bits, group) for block in weight.split(rows)]  # qdata int8 [rows, D]
+    if len(blocks) == 1:
+        model.lm_head.weight = nn.Parameter(blocks[0], requires_grad=False)
+    else:
+        model.lm_head = BlockedLinear(blocks)
     if tied:
-        qdata, scales = head.qdata, head.scale.float()
+        qdata, scales = torch.cat([b.qdata for b in blocks]), torch.cat([b.scale for b in blocks]).float()
     else:
         qdata, scales = qparams(model.embed_tokens.weight, bits, group)
-    model.embed_tokens = QuantizedEmbedding(qdata, scales, bits)
-    table = model.embed_tokens.qdata.numel() * model.embed_tokens.qdata.element_size()
+    model.embed_tokens = QuantizedEmbedding(qdata, scales, bits, block_rows=rows if len(blocks) > 1 else None)
+    table = qdata.numel() * bits // 8  # int8 rows, or two int4 codes a byte
     copies = 1 if tied else 2
     head_scales = scales.numel() * (2 if group else 4)  # XNNPACK stores grouped scales as bf16, per-row ones as fp32
     lookup_scales = 0 if tied and not group else scales.numel() * 4  # fp32; tied per-row ones are the head's bytes
-    return {"bits": bits, "tied": tied, "stored_once": tied, "copies": copies,
+    return {"bits": bits, "tied": tied, "stored_once": tied, "copies": copies, "head_blocks": len(blocks),
             "bytes": copies * table + head_scales + lookup_scales,
             "lookup_only_bytes": lookup_scales + (0 if tied else table),  # read a row at a time, never whole
-            "fp32_bytes": head.shape[0] * head.shape[1] * 4 * (1 if tied else 2)}
+            "fp32_bytes": weight.shape[0] * weight.shape[1] * 4 * (1 if tied else 2)}
 
 
 def _to_fp16(model: nn.Module) -> None:

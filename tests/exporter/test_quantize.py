@@ -165,6 +165,59 @@ def test_pte_int4_embedding_is_stored_once_and_matches_the_quantized_model(tmp_p
     assert_program_matches_eager(model, config, tmp_path, seed=1)
 
 
+def test_pte_head_in_blocks_is_one_delegate_a_block_and_computes_the_same_logits(tiny_8da4w, tmp_path, monkeypatch):
+    """A head over HEAD_BLOCK_BYTES is lowered as row blocks, each its own XNNPACK delegate (so loading
+    packs one block at a time); the program's logits are those of the head in one piece, bit for bit,
+    and the data file still holds each row of the tied table once."""
+    import executorch.kernels.quantized  # noqa: F401
+
+    import exporter.quantize_executorch as qe
+    from exporter.executorch import export_executorch
+    from tests.exporter.test_executorch import load_forward
+
+    whole_model, config, options, whole_report, whole = tiny_8da4w
+    monkeypatch.setattr(qe, "HEAD_BLOCK_BYTES", 20_000)  # the tiny head is 1024 x 64 int8: 64 KiB
+    model = random_model(config, seed=3)
+    report = qe.quantize_for_executorch(model, options.recipe)
+    export_executorch(model, config, tmp_path, options)
+
+    blocks = report["embedding"]["head_blocks"]
+    assert blocks == 4 and whole_report["embedding"]["head_blocks"] == 1
+    assert report["embedding"]["bytes"] == whole_report["embedding"]["bytes"]
+    assert len(_delegates(tmp_path)) >= len(_delegates(whole)) + blocks  # one delegate would hold all four
+    assert torch.equal(model.embed_tokens.qdata, whole_model.embed_tokens.qdata)
+    data = (tmp_path / "model.ptd").read_bytes()
+    for _, table, _ in model.embed_tokens.tables():
+        assert data.count(table.numpy().tobytes()) == 1
+    prompt = torch.randint(0, config.text.vocab_size, (1, 12), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(load_forward(tmp_path)(prompt, 0), load_forward(whole)(prompt, 0))
+
+
+def _delegates(out) -> list:
+    """The backend delegates of a written program's forward method."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    return deserialize_pte_binary((out / "model.pte").read_bytes()).program.execution_plan[0].delegates
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_lookup_in_blocks_equals_the_lookup_in_one_table(bits):
+    """Every id, at both widths and with a last block shorter than the others, finds its own row."""
+    import executorch.exir.passes.quant_fusion_pass  # noqa: F401  quantized_decomposed ops, eager kernels
+
+    from exporter.quantize_executorch import QuantizedEmbedding
+
+    generator = torch.Generator().manual_seed(1)
+    low, high = (-128, 128) if bits == 8 else (-8, 8)
+    codes = torch.randint(low, high, (50, 64), generator=generator, dtype=torch.int8)
+    scales = torch.rand(50, 1 if bits == 8 else 2, generator=generator) + 0.01
+    whole, blocked = QuantizedEmbedding(codes, scales, bits), QuantizedEmbedding(codes, scales, bits, block_rows=16)
+    assert [start for start, _, _ in blocked.tables()] == [0, 16, 32, 48]
+    assert torch.equal(blocked.qdata, whole.qdata)
+    ids = torch.arange(50).flip(0).reshape(2, 25)
+    assert torch.equal(blocked(ids), whole(ids))
+
+
 def test_int4_lookup_reads_xnnpacks_packing_and_equals_embedding_4bit():
     """The table is XNNPACK's own serialisation of the head's codes; the rows are ExecuTorch's embedding_4bit's."""
     import executorch.exir.passes.quant_fusion_pass  # noqa: F401  quantized_decomposed ops, eager kernels
