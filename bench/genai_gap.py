@@ -1,0 +1,194 @@
+"""What onnxruntime-genai adds to the builder's model's decode, taken apart, in one process and in turns.
+
+The builder's 4-bit model decodes faster in onnxruntime-genai than on plain onnxruntime. Its
+`genai_config.json` turns on `past_present_share_buffer`: the KV cache is one max-length buffer
+that GroupQueryAttention writes in place, and the generator keeps the other states in buffers
+it reuses. This bench runs the builder's model four ways, greedy, from the same prompt:
+
+- `grow`: plain onnxruntime, the cache passed in and returned grown by a token (as
+  `bench_onnx.Runner` runs any model, and as our model's contract has it);
+- `shared KV`: plain onnxruntime, the KV inputs and outputs bound to the same max-length buffers;
+- `shared KV + reused states`: also the conv and recurrent outputs bound to a second set of
+  buffers, swapped with the inputs after each call (no output allocated by a call);
+- `genai`: onnxruntime-genai's generator.
+
+With `--ours DIR` it then runs our model and the builder's, both in onnxruntime-genai, in turns.
+Every run: 2 intra-op threads, a `--prompt`-token prompt, `--decode` greedy tokens timed; medians
+over `--rounds`, and the median of the per-round ratios. Run it alone on the machine.
+
+    .venv/bin/python bench/genai_gap.py --builder builder_dir [--ours our_onnx_dir]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.bench_onnx import Runner  # noqa: E402
+
+THREADS = 2
+
+
+def _session(folder: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
+    return ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+
+
+def _head_size(folder: Path) -> int:
+    return json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]["head_size"]
+
+
+def grow(session, head_size: int, prompt: np.ndarray, decode: int) -> tuple[float, list[int]]:
+    """(decode tok/s, the greedy tokens)."""
+    runner = Runner(session, head_dim=head_size)
+    logits, state = runner.call(prompt, runner.empty_state())
+    tokens, start = [int(logits[0].argmax())], time.perf_counter()
+    for _ in range(decode):
+        logits, state = runner.call(np.array([[tokens[-1]]]), state)
+        tokens.append(int(logits[0].argmax()))
+    return decode / (time.perf_counter() - start), tokens
+
+
+class SharedBuffers:
+    """The builder's model on plain onnxruntime with its KV cache in max-length buffers written in place."""
+
+    def __init__(self, session, head_size: int, capacity: int, reuse_states: bool):
+        from onnxruntime import OrtValue
+
+        self.session, self.reuse_states, self.value = session, reuse_states, OrtValue.ortvalue_from_numpy
+        self.kv, self.states, self.spare, self.past = {}, {}, {}, 0
+        for info in session.get_inputs():
+            if info.name.startswith("past_key_values."):  # [B, kv heads, capacity, head size]
+                self.kv[info.name] = self.value(np.zeros((1, info.shape[1], capacity, head_size), np.float32))
+            elif info.name.startswith("past."):  # conv and recurrent states: fixed shapes
+                shape = [1, *info.shape[1:]]
+                self.states[info.name] = self.value(np.zeros(shape, np.float32))
+                self.spare[info.name] = self.value(np.zeros(shape, np.float32))
+
+    def call(self, ids: np.ndarray) -> np.ndarray:
+        steps, binding, fetched = ids.shape[1], self.session.io_binding(), []
+        binding.bind_ortvalue_input("input_ids", self.value(np.ascontiguousarray(ids, np.int64)))
+        binding.bind_ortvalue_input("attention_mask", self.value(np.ones((1, self.past + steps), np.int64)))
+        positions = np.broadcast_to(np.arange(self.past, self.past + steps, dtype=np.int64), (3, 1, steps))
+        binding.bind_ortvalue_input("position_ids", self.value(positions.copy()))
+        for name, buffer in self.kv.items():
+            binding.bind_ortvalue_input(name, buffer)
+            binding.bind_ortvalue_output(name.replace("past_key_values.", "present."), buffer)
+        for name, buffer in self.states.items():
+            binding.bind_ortvalue_input(name, buffer)
+            present = name.replace("past.", "present.")
+            if self.reuse_states:
+                binding.bind_ortvalue_output(present, self.spare[name])
+            else:
+                binding.bind_output(present, "cpu")
+                fetched.append(name)
+        binding.bind_output("logits", "cpu")
+        self.session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()  # in binding order: KV, then the states bound to "cpu", then logits
+        if self.reuse_states:
+            self.states, self.spare = self.spare, self.states
+        else:
+            self.states = dict(zip(fetched, outputs[len(self.kv):len(self.kv) + len(fetched)]))
+        self.past += steps
+        return outputs[-1].numpy()[0, -1]
+
+
+def shared(session, head_size: int, prompt: np.ndarray, decode: int, reuse_states: bool) -> tuple[float, list[int]]:
+    runner = SharedBuffers(session, head_size, prompt.shape[1] + decode + 1, reuse_states)
+    tokens, start = [int(runner.call(prompt).argmax())], time.perf_counter()
+    for _ in range(decode):
+        tokens.append(int(runner.call(np.array([[tokens[-1]]])).argmax()))
+    return decode / (time.perf_counter() - start), tokens
+
+
+def genai_model(folder: Path):
+    import onnxruntime_genai as og
+
+    config = og.Config(str(folder))
+    config.clear_providers()
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": THREADS}}}}))
+    return og.Model(config)
+
+
+def genai(model, prompt: np.ndarray, decode: int) -> float:
+    import onnxruntime_genai as og
+
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=prompt.shape[1] + decode + 1, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(prompt[0].astype(np.int32))
+    start = time.perf_counter()
+    for _ in range(decode):
+        generator.generate_next_token()
+    return decode / (time.perf_counter() - start)
+
+
+def in_turns(runs: dict, rounds: int) -> dict[str, list[float]]:
+    """Each run once a round, the order reversed every other round (a later run in a round is favoured)."""
+    rates = {name: [] for name in runs}
+    for index in range(rounds):
+        for name in (list(runs) if index % 2 == 0 else list(runs)[::-1]):
+            rates[name].append(runs[name]())
+    return rates
+
+
+def report(title: str, rates: dict[str, list[float]], baseline: str) -> dict:
+    print(f"\n{title}\n\n| run | decode tok/s, median | by round | / {baseline}, median of rounds |\n|---|---|---|---|")
+    summary = {}
+    for name, values in rates.items():
+        ratio = statistics.median(a / b for a, b in zip(values, rates[baseline]))
+        summary[name] = {"median": statistics.median(values), "rounds": values, "ratio": ratio}
+        print(f"| {name} | {summary[name]['median']:.2f} | {', '.join(f'{v:.1f}' for v in values)} | {ratio:.3f} |")
+    return summary
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--builder", required=True, help="the builder's model directory (with genai_config.json)")
+    parser.add_argument("--ours", help="our ONNX model directory (with the genai_config.json the export writes)")
+    parser.add_argument("--prompt", type=int, default=128)
+    parser.add_argument("--decode", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+    builder = Path(args.builder)
+    prompt = np.random.default_rng(0).integers(0, 248_000, size=(1, args.prompt))
+    head_size = _head_size(builder)
+    sessions = [_session(builder) for _ in range(3)]  # one per plain-onnxruntime way: no state carried between them
+    builder_genai = genai_model(builder)
+    plain = {
+        "grow": lambda: grow(sessions[0], head_size, prompt, args.decode),
+        "shared KV": lambda: shared(sessions[1], head_size, prompt, args.decode, reuse_states=False),
+        "shared KV + reused states": lambda: shared(sessions[2], head_size, prompt, args.decode, reuse_states=True),
+    }
+    greedy = {name: run()[1] for name, run in plain.items()}  # the ways differ in buffers only: same tokens
+    if len({tuple(tokens) for tokens in greedy.values()}) != 1:
+        sys.exit(f"the plain-onnxruntime ways disagree on the greedy tokens: {greedy}")
+    ways = {name: (lambda run=run: run()[0]) for name, run in plain.items()}
+    ways["genai"] = lambda: genai(builder_genai, prompt, args.decode)
+    print(f"prompt {args.prompt} tokens, decode {args.decode}, {THREADS} threads, {args.rounds} rounds in turns")
+    results = {"builder": report("The builder's model, four ways", in_turns(ways, args.rounds), "grow")}
+    if args.ours:
+        del sessions
+        ours_genai = genai_model(Path(args.ours))
+        both = {"ours in genai": lambda: genai(ours_genai, prompt, args.decode),
+                "builder in genai": lambda: genai(builder_genai, prompt, args.decode)}
+        results["genai"] = report("Both models in onnxruntime-genai", in_turns(both, args.rounds), "builder in genai")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
