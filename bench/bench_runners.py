@@ -99,17 +99,26 @@ def step_pte(args) -> dict:
     return {**best, "runtime_rss_mb": runtime_rss / 2**20, "peak_rss_mb": _peak_mb()}
 
 
+def genai_model(folder, threads: int = 2):
+    """An onnxruntime-genai model on the CPU with `threads` intra-op threads.
+
+    2, like the other runs here: neither config sets a count (the builder's nor ours), and
+    onnxruntime-genai's own default decoded the 0.8B at 41-44 tok/s on this 2-core machine.
+    """
+    import onnxruntime_genai as og
+
+    config = og.Config(str(folder))
+    config.clear_providers()
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+    return og.Model(config)
+
+
 def step_genai(args) -> dict:
     import numpy as np
     import onnxruntime_genai as og
 
     runtime_rss = rss_bytes()
-    config = og.Config(args.model)
-    config.clear_providers()
-    # 2 intra-op threads, like the other runs here; the builder's config sets none, and onnxruntime-genai's own
-    # default decoded the 0.8B at 41 tok/s on this 2-core machine.
-    config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": 2}}}}))
-    model = og.Model(config)
+    model = genai_model(args.model)
     best = {"prefill_tok_s": 0.0, "decode_tok_s": 0.0}
     ids = np.random.default_rng(0).integers(0, 248_000, size=args.prompt, dtype=np.int32)
     for _ in range(args.repeats):

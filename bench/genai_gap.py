@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.bench_onnx import Runner  # noqa: E402
+from bench.bench_runners import genai_model  # noqa: E402
 
 THREADS = 2
 
@@ -113,15 +114,6 @@ def shared(session, head_size: int, prompt: np.ndarray, decode: int, reuse_state
     return decode / (time.perf_counter() - start), tokens
 
 
-def genai_model(folder: Path):
-    import onnxruntime_genai as og
-
-    config = og.Config(str(folder))
-    config.clear_providers()
-    config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": THREADS}}}}))
-    return og.Model(config)
-
-
 def genai(model, prompt: np.ndarray, decode: int) -> float:
     import onnxruntime_genai as og
 
@@ -167,7 +159,7 @@ def main(argv=None) -> None:
     prompt = np.random.default_rng(0).integers(0, 248_000, size=(1, args.prompt))
     head_size = _head_size(builder)
     sessions = [_session(builder) for _ in range(3)]  # one per plain-onnxruntime way: no state carried between them
-    builder_genai = genai_model(builder)
+    builder_genai = genai_model(builder, THREADS)
     plain = {
         "grow": lambda: grow(sessions[0], head_size, prompt, args.decode),
         "shared KV": lambda: shared(sessions[1], head_size, prompt, args.decode, reuse_states=False),
@@ -182,7 +174,7 @@ def main(argv=None) -> None:
     results = {"builder": report("The builder's model, four ways", in_turns(ways, args.rounds), "grow")}
     if args.ours:
         del sessions
-        ours_genai = genai_model(Path(args.ours))
+        ours_genai = genai_model(Path(args.ours), THREADS)
         both = {"ours in genai": lambda: genai(ours_genai, prompt, args.decode),
                 "builder in genai": lambda: genai(builder_genai, prompt, args.decode)}
         results["genai"] = report("Both models in onnxruntime-genai", in_turns(both, args.rounds), "builder in genai")
