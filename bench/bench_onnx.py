@@ -122,7 +122,7 @@ def step_run(args) -> dict:
     load_s = time.perf_counter() - start
     from exporter.config import preset
 
-    runner = Runner(session, head_dim=preset(args.preset).text.head_dim)
+    runner = Runner(session, head_dim=preset(args.preset).text.head_dim, model=Path(args.out) / "model.onnx")
     ids = np.random.default_rng(0).integers(0, runner.vocab, size=(1, args.prompt), dtype=np.int64)
     prefill = []
     for _ in range(args.repeats):
@@ -148,13 +148,19 @@ def step_run(args) -> dict:
 class Runner:
     """Feeds either model by its input names: ours (artifact.py's contract) or the builder's.
 
-    The state stays in ONNX Runtime's own tensors from call to call (`run_with_ort_values`), as an
-    app and `runtime.backends` keep it: `run` with numpy would copy every state out and back in, at
-    the 0.8B shape ~20 MB a decoded token, a cost neither model has in an app.
+    The state stays in ONNX Runtime's own tensors from call to call, as an app and
+    `runtime.backends` keep it: `run` with numpy would copy every state out and back in, at the
+    0.8B shape ~20 MB a decoded token, a cost neither model has in an app. The states that
+    `exporter.onnx_state` proves may be updated in place (both models' conv and recurrent states)
+    are bound as their own output, as `runtime.backends` binds ours and onnxruntime-genai the
+    builder's; `in_place=False` gives every present a fresh buffer instead.
     """
 
-    def __init__(self, session, head_dim: int):
+    def __init__(self, session, head_dim: int, model: Path, in_place: bool = True):
+        import onnx
         import onnxruntime as ort
+
+        from exporter.onnx_state import in_place_states
 
         self.session, self.head_dim, self.ort_value = session, head_dim, ort.OrtValue.ortvalue_from_numpy
         self.inputs = {i.name: i for i in session.get_inputs()}
@@ -163,9 +169,13 @@ class Runner:
         # present.X feeds the input with the same suffix: past_key_values.X (ours, keys) or past.X (builder's states)
         by_suffix = {name.split(".", 1)[1]: name for name in self.inputs if name.startswith("past")}
         self.feeds_back = {out: by_suffix[out.split(".", 1)[1]] for out in self.outputs[1:]}
+        graph = onnx.load(str(model), load_external_data=False).graph
+        pairs = {past: present for present, past in self.feeds_back.items()}
+        self.in_place = set(in_place_states(graph, pairs)) if in_place else set()
         self.past = 0
 
     def empty_state(self) -> dict:
+        """A fresh state (a call updates the in-place parts of the state it is given)."""
         self.past = 0
         state = {}
         for name, info in self.inputs.items():
@@ -180,17 +190,26 @@ class Runner:
         return 0 if "sequence" in dim else self.head_dim
 
     def call(self, ids: np.ndarray, state: dict) -> tuple[np.ndarray, dict]:
-        steps = ids.shape[1]
-        feeds = {"input_ids": self.ort_value(np.ascontiguousarray(ids, np.int64)), **state}
+        steps, binding = ids.shape[1], self.session.io_binding()
+        binding.bind_ortvalue_input("input_ids", self.ort_value(np.ascontiguousarray(ids, np.int64)))
         positions = np.arange(self.past, self.past + steps, dtype=np.int64)
-        feeds["position_ids"] = self.ort_value(np.broadcast_to(positions, (3, 1, steps)).copy())  # [3, B, T], both
+        binding.bind_ortvalue_input("position_ids", self.ort_value(np.broadcast_to(positions, (3, 1, steps)).copy()))  # [3, B, T]
         if "attention_mask" in self.inputs:
-            feeds["attention_mask"] = self.ort_value(np.ones((1, self.past + steps), np.int64))
-        logits, *present = self.session.run_with_ort_values(self.outputs, feeds)
+            binding.bind_ortvalue_input("attention_mask", self.ort_value(np.ones((1, self.past + steps), np.int64)))
+        binding.bind_output(self.outputs[0], "cpu")
+        for present, past in self.feeds_back.items():
+            binding.bind_ortvalue_input(past, state[past])
+            if past in self.in_place:
+                binding.bind_ortvalue_output(present, state[past])
+            else:
+                binding.bind_output(present, "cpu")
+        self.session.run_with_iobinding(binding)
+        logits, *present = binding.get_outputs()  # in binding order
         self.past += steps
         logits = logits.numpy()
         logits = logits[:, -1] if logits.ndim == 3 else logits  # the builder returns every position's logits
-        return logits, {self.feeds_back[name]: value for name, value in zip(self.outputs[1:], present)}
+        return logits, {past: state[past] if past in self.in_place else value
+                        for past, value in zip(self.feeds_back.values(), present)}
 
 
 STEPS = {"checkpoint": step_checkpoint, "export-ours": step_export_ours, "export-peer": step_export_peer, "run": step_run}

@@ -159,7 +159,7 @@ def _onnx_forward(args):
     options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
     runtime_rss = rss_bytes()
     session = ort.InferenceSession(str(Path(args.out) / "model.onnx"), options, providers=["CPUExecutionProvider"])
-    runner, state = Runner(session, head_dim=preset(args.preset).text.head_dim), {}
+    runner, state = Runner(session, head_dim=preset(args.preset).text.head_dim, model=Path(args.out) / "model.onnx"), {}
 
     def forward(ids, pos, reset=False):
         nonlocal state

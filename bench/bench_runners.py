@@ -154,7 +154,7 @@ def step_onnx(args) -> dict:
     options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     runner = Runner(ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"]),
-                    head_dim=head_dim)
+                    head_dim=head_dim, model=folder / "model.onnx")
     ids = np.random.default_rng(0).integers(0, 248_000, size=(1, args.prompt))
     best = {"prefill_tok_s": 0.0, "decode_tok_s": 0.0}
     for _ in range(args.repeats):

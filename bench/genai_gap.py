@@ -2,17 +2,18 @@
 
 The builder's 4-bit model decodes faster in onnxruntime-genai than on plain onnxruntime. Its
 `genai_config.json` turns on `past_present_share_buffer`: the KV cache is one max-length buffer
-that GroupQueryAttention writes in place, and the generator keeps the other states in buffers
-it reuses. This bench runs the builder's model four ways, greedy, from the same prompt:
+that GroupQueryAttention writes in place, and the generator binds the conv and recurrent states
+as their own outputs. This bench runs the builder's model four ways, greedy, from the same prompt:
 
-- `grow`: plain onnxruntime, the cache passed in and returned grown by a token (as
-  `bench_onnx.Runner` runs any model, and as our model's contract has it);
-- `shared KV`: plain onnxruntime, the KV inputs and outputs bound to the same max-length buffers;
-- `shared KV + reused states`: also the conv and recurrent outputs bound to a second set of
-  buffers, swapped with the inputs after each call (no output allocated by a call);
+- `states copied`: plain onnxruntime, every state passed in and returned in a fresh buffer, the
+  cache grown by a token (our model's contract);
+- `states in place`: the same, but the conv and recurrent outputs bound to their inputs' buffers
+  (`bench_onnx.Runner`, as `runtime.backends` runs ours);
+- `states and KV in place`: also the KV inputs and outputs bound to the same max-length buffers;
 - `genai`: onnxruntime-genai's generator.
 
-With `--ours DIR` it then runs our model and the builder's, both in onnxruntime-genai, in turns.
+With `--ours DIR` it then runs our model in onnxruntime-genai and on plain onnxruntime (as
+`runtime.backends` does) against the builder's in onnxruntime-genai, in turns.
 Every run: 2 intra-op threads, a `--prompt`-token prompt, `--decode` greedy tokens timed; medians
 over `--rounds`, and the median of the per-round ratios. Run it alone on the machine.
 
@@ -51,9 +52,10 @@ def _head_size(folder: Path) -> int:
     return json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]["head_size"]
 
 
-def grow(session, head_size: int, prompt: np.ndarray, decode: int) -> tuple[float, list[int]]:
+def grow(session, model: Path, head_size: int, prompt: np.ndarray, decode: int,
+         in_place: bool = True) -> tuple[float, list[int]]:
     """(decode tok/s, the greedy tokens)."""
-    runner = Runner(session, head_dim=head_size)
+    runner = Runner(session, head_dim=head_size, model=model, in_place=in_place)
     logits, state = runner.call(prompt, runner.empty_state())
     tokens, start = [int(logits[0].argmax())], time.perf_counter()
     for _ in range(decode):
@@ -63,51 +65,35 @@ def grow(session, head_size: int, prompt: np.ndarray, decode: int) -> tuple[floa
 
 
 class SharedBuffers:
-    """The builder's model on plain onnxruntime with its KV cache in max-length buffers written in place."""
+    """The builder's model on plain onnxruntime with its KV cache in max-length buffers and its states, all written in place."""
 
-    def __init__(self, session, head_size: int, capacity: int, reuse_states: bool):
+    def __init__(self, session, head_size: int, capacity: int):
         from onnxruntime import OrtValue
 
-        self.session, self.reuse_states, self.value = session, reuse_states, OrtValue.ortvalue_from_numpy
-        self.kv, self.states, self.spare, self.past = {}, {}, {}, 0
+        self.session, self.value, self.buffers, self.past = session, OrtValue.ortvalue_from_numpy, {}, 0
         for info in session.get_inputs():
             if info.name.startswith("past_key_values."):  # [B, kv heads, capacity, head size]
-                self.kv[info.name] = self.value(np.zeros((1, info.shape[1], capacity, head_size), np.float32))
+                self.buffers[info.name] = self.value(np.zeros((1, info.shape[1], capacity, head_size), np.float32))
             elif info.name.startswith("past."):  # conv and recurrent states: fixed shapes
-                shape = [1, *info.shape[1:]]
-                self.states[info.name] = self.value(np.zeros(shape, np.float32))
-                self.spare[info.name] = self.value(np.zeros(shape, np.float32))
+                self.buffers[info.name] = self.value(np.zeros([1, *info.shape[1:]], np.float32))
 
     def call(self, ids: np.ndarray) -> np.ndarray:
-        steps, binding, fetched = ids.shape[1], self.session.io_binding(), []
+        steps, binding = ids.shape[1], self.session.io_binding()
         binding.bind_ortvalue_input("input_ids", self.value(np.ascontiguousarray(ids, np.int64)))
         binding.bind_ortvalue_input("attention_mask", self.value(np.ones((1, self.past + steps), np.int64)))
         positions = np.broadcast_to(np.arange(self.past, self.past + steps, dtype=np.int64), (3, 1, steps))
         binding.bind_ortvalue_input("position_ids", self.value(positions.copy()))
-        for name, buffer in self.kv.items():
+        for name, buffer in self.buffers.items():
             binding.bind_ortvalue_input(name, buffer)
-            binding.bind_ortvalue_output(name.replace("past_key_values.", "present."), buffer)
-        for name, buffer in self.states.items():
-            binding.bind_ortvalue_input(name, buffer)
-            present = name.replace("past.", "present.")
-            if self.reuse_states:
-                binding.bind_ortvalue_output(present, self.spare[name])
-            else:
-                binding.bind_output(present, "cpu")
-                fetched.append(name)
+            binding.bind_ortvalue_output("present." + name.split(".", 1)[1], buffer)
         binding.bind_output("logits", "cpu")
         self.session.run_with_iobinding(binding)
-        outputs = binding.get_outputs()  # in binding order: KV, then the states bound to "cpu", then logits
-        if self.reuse_states:
-            self.states, self.spare = self.spare, self.states
-        else:
-            self.states = dict(zip(fetched, outputs[len(self.kv):len(self.kv) + len(fetched)]))
         self.past += steps
-        return outputs[-1].numpy()[0, -1]
+        return binding.get_outputs()[-1].numpy()[0, -1]
 
 
-def shared(session, head_size: int, prompt: np.ndarray, decode: int, reuse_states: bool) -> tuple[float, list[int]]:
-    runner = SharedBuffers(session, head_size, prompt.shape[1] + decode + 1, reuse_states)
+def shared(session, head_size: int, prompt: np.ndarray, decode: int) -> tuple[float, list[int]]:
+    runner = SharedBuffers(session, head_size, prompt.shape[1] + decode + 1)
     tokens, start = [int(runner.call(prompt).argmax())], time.perf_counter()
     for _ in range(decode):
         tokens.append(int(runner.call(np.array([[tokens[-1]]])).argmax()))
@@ -125,6 +111,11 @@ def genai(model, prompt: np.ndarray, decode: int) -> float:
     for _ in range(decode):
         generator.generate_next_token()
     return decode / (time.perf_counter() - start)
+
+
+def _same_tokens(greedy: dict[str, list[int]]) -> None:
+    if len({tuple(tokens) for tokens in greedy.values()}) != 1:
+        sys.exit(f"the ways disagree on the greedy tokens: {greedy}")
 
 
 def in_turns(runs: dict, rounds: int) -> dict[str, list[float]]:
@@ -161,23 +152,26 @@ def main(argv=None) -> None:
     sessions = [_session(builder) for _ in range(3)]  # one per plain-onnxruntime way: no state carried between them
     builder_genai = genai_model(builder, THREADS)
     plain = {
-        "grow": lambda: grow(sessions[0], head_size, prompt, args.decode),
-        "shared KV": lambda: shared(sessions[1], head_size, prompt, args.decode, reuse_states=False),
-        "shared KV + reused states": lambda: shared(sessions[2], head_size, prompt, args.decode, reuse_states=True),
+        "states copied": lambda: grow(sessions[0], builder / "model.onnx", head_size, prompt, args.decode, in_place=False),
+        "states in place": lambda: grow(sessions[1], builder / "model.onnx", head_size, prompt, args.decode),
+        "states and KV in place": lambda: shared(sessions[2], head_size, prompt, args.decode),
     }
-    greedy = {name: run()[1] for name, run in plain.items()}  # the ways differ in buffers only: same tokens
-    if len({tuple(tokens) for tokens in greedy.values()}) != 1:
-        sys.exit(f"the plain-onnxruntime ways disagree on the greedy tokens: {greedy}")
+    _same_tokens({name: run()[1] for name, run in plain.items()})  # the ways differ in buffers only
     ways = {name: (lambda run=run: run()[0]) for name, run in plain.items()}
     ways["genai"] = lambda: genai(builder_genai, prompt, args.decode)
     print(f"prompt {args.prompt} tokens, decode {args.decode}, {THREADS} threads, {args.rounds} rounds in turns")
-    results = {"builder": report("The builder's model, four ways", in_turns(ways, args.rounds), "grow")}
+    results = {"builder": report("The builder's model, four ways", in_turns(ways, args.rounds), "states copied")}
     if args.ours:
         del sessions
-        ours_genai = genai_model(Path(args.ours), THREADS)
+        ours, ours_session = Path(args.ours), _session(Path(args.ours))
+        _same_tokens({"in place": grow(ours_session, ours / "model.onnx", head_size, prompt, args.decode)[1],
+                      "copied": grow(ours_session, ours / "model.onnx", head_size, prompt, args.decode, in_place=False)[1]})
+        ours_genai = genai_model(ours, THREADS)
         both = {"ours in genai": lambda: genai(ours_genai, prompt, args.decode),
+                "ours on onnxruntime, states in place": lambda: grow(ours_session, ours / "model.onnx", head_size,
+                                                                     prompt, args.decode)[0],
                 "builder in genai": lambda: genai(builder_genai, prompt, args.decode)}
-        results["genai"] = report("Both models in onnxruntime-genai", in_turns(both, args.rounds), "builder in genai")
+        results["genai"] = report("Our model and the builder's", in_turns(both, args.rounds), "builder in genai")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

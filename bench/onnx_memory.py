@@ -56,7 +56,7 @@ def step_load(args) -> dict:
     options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
     session = ort.InferenceSession(args.model, options, providers=["CPUExecutionProvider"])
     loaded = resident_by_mapping()
-    runner = Runner(session, head_dim=preset(args.preset).text.head_dim)
+    runner = Runner(session, head_dim=preset(args.preset).text.head_dim, model=Path(args.model))
     ids = np.random.default_rng(0).integers(0, 248_000, size=128)
     logits, state = runner.call(ids[None], runner.empty_state())
     token, start = int(np.argmax(logits[0])), time.perf_counter()

@@ -49,6 +49,7 @@ from exporter.artifact import IMAGE_EMBEDS, Artifact, ExportOptions, state_names
 from exporter.config import FULL, ModelConfig
 from exporter.errors import QwenEdgeError
 from exporter.model import Qwen35Model, splice_image_embeds
+from exporter.onnx_state import state_in_place
 from exporter.quantize import check_format, check_shapes
 from exporter.quantize_onnx import quantize_onnx
 
@@ -155,6 +156,7 @@ def export_onnx(model: Qwen35Model, config: ModelConfig, out_dir: Path, options:
     write_atomically(Path(out_dir) / GENAI_CONFIG, json.dumps(genai_config(config, options), indent=1) + "\n")
     logger.info("ONNX export: wrote %s in %.0f s", Path(out_dir) / MODEL_FILE, time.perf_counter() - start)
     details = _describe(onnx_model, config, options, external)
+    details["state_in_place"] = state_in_place(Path(out_dir) / MODEL_FILE, config)
     details["quantization"] = {**recipe.manifest("onnx"), **(quantized or {})}
     details["fusions"] = fusions
     details["export_seconds"] = round(time.perf_counter() - start, 1)

@@ -143,6 +143,9 @@ class OnnxBackend(Backend):
         self._inputs = {i.name: i for i in self._session.get_inputs()}
         self._takes_images = IMAGE_EMBEDS in {i.name for i in self._session.get_overridable_initializers()} | set(self._inputs)
         self._text = bundle.config.text
+        # States whose present the export proved may overwrite the past (`exporter.onnx_state`): bound in place,
+        # they cost no allocation a call and stay where the kernels read them (~11 % of a 0.8B 4-bit decode step).
+        self._in_place = set(artifact.get("details", {}).get("state_in_place", {}).get("parts", []))
         self.reset()
 
     def _empty(self, layer: int, part: str):
@@ -164,22 +167,28 @@ class OnnxBackend(Backend):
 
     def forward(self, ids: np.ndarray, pos: int, *, positions: np.ndarray | None = None,
                 image_embeds: np.ndarray | None = None) -> np.ndarray:
-        T = len(ids)
-        feeds = dict(self._past)
-        feeds["input_ids"] = self._ort.OrtValue.ortvalue_from_numpy(np.asarray(ids, dtype=np.int64).reshape(1, T))
+        T, value = len(ids), self._ort.OrtValue.ortvalue_from_numpy
+        binding = self._session.io_binding()
+        binding.bind_ortvalue_input("input_ids", value(np.asarray(ids, dtype=np.int64).reshape(1, T)))
         if positions is None:
             positions = np.broadcast_to(np.arange(pos, pos + T, dtype=np.int64), (3, T))
-        rope = np.ascontiguousarray(np.asarray(positions, dtype=np.int64).reshape(3, 1, T))
-        feeds["position_ids"] = self._ort.OrtValue.ortvalue_from_numpy(rope)
+        binding.bind_ortvalue_input("position_ids", value(np.ascontiguousarray(np.asarray(positions, dtype=np.int64).reshape(3, 1, T))))
         if image_embeds is not None:
             if not self._takes_images:
                 raise BundleError("model.onnx: has no image_embeds input; export a multimodal checkpoint for image prompts")
-            rows = np.ascontiguousarray(image_embeds, dtype=np.float32)
-            feeds[IMAGE_EMBEDS] = self._ort.OrtValue.ortvalue_from_numpy(rows)
-        outputs = ["logits"] + [f"present.{i}.{p}" for i, p in self._names]
-        values = self._session.run_with_ort_values(outputs, feeds)
-        self._past = {f"past_key_values.{i}.{p}": v for (i, p), v in zip(self._names, values[1:], strict=True)}
-        logits = values[0].numpy()  # [1, 1, V]; bundles exported before genai_config.json have [1, V]
+            binding.bind_ortvalue_input(IMAGE_EMBEDS, value(np.ascontiguousarray(image_embeds, dtype=np.float32)))
+        for (i, part), (name, past) in zip(self._names, self._past.items(), strict=True):
+            binding.bind_ortvalue_input(name, past)
+            if part in self._in_place:  # the present overwrites the past's own buffer (see __init__)
+                binding.bind_ortvalue_output(f"present.{i}.{part}", past)
+            else:
+                binding.bind_output(f"present.{i}.{part}", "cpu")
+        binding.bind_output("logits", "cpu")
+        self._session.run_with_iobinding(binding)
+        *present, logits = binding.get_outputs()  # in binding order
+        self._past = {name: past if part in self._in_place else new
+                      for (_, part), (name, past), new in zip(self._names, self._past.items(), present, strict=True)}
+        logits = logits.numpy()  # [1, 1, V]; bundles exported before genai_config.json have [1, V]
         return (logits[0, -1] if logits.ndim == 3 else logits[0]).astype(np.float32, copy=False)
 
     def state(self) -> dict[str, np.ndarray] | None:

@@ -290,3 +290,39 @@ def test_portable_moe_matches_reference_on_both_sides_of_the_gather_bound(tmp_pa
         (actual,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
         expected = moe_reference(x, *weights, top_k=top_k)
         np.testing.assert_allclose(actual, expected.numpy(), rtol=0, atol=1e-5, err_msg=f"{steps} tokens")
+
+
+def test_states_bound_in_place_give_what_fresh_buffers_give(exported):
+    """The parts the export records as updatable in place (`exporter.onnx_state`), bound as their own output
+    through prompt chunks and decode steps, give the logits and states of fresh buffers, bit for bit."""
+    parts = exported.artifact.details["state_in_place"]["parts"]
+    if exported.artifact.details["profile"] == "ort":
+        assert parts == ["conv", "recurrent"]  # LinearAttention and the conv's window: what runtime.backends binds
+    assert parts and not {"key", "value"} & set(parts)  # the KV caches grow: never in place
+    names, outputs = io_names(exported.config)
+    value = ort.OrtValue.ortvalue_from_numpy
+    bound = {name: value(np.ascontiguousarray(x)) for name, x in zip(names[2:], exported.empty_state(), strict=True)}
+    ids = prompt_ids(exported.config, seed=2)
+    fresh, start = exported.empty_state(), 0
+    for size in (8, 8, 4, *[1] * 4):
+        chunk = ids[:, start : start + size] if start < PROMPT else ids[:, :1] + start
+        logits, fresh = exported.run(chunk, start, fresh)
+        binding = exported.session.io_binding()
+        binding.bind_ortvalue_input("input_ids", value(chunk.numpy()))
+        binding.bind_ortvalue_input("position_ids", value(positions(chunk, start).numpy()))
+        binding.bind_output("logits")
+        for name, present in zip(names[2:], outputs[1:], strict=True):
+            binding.bind_ortvalue_input(name, bound[name])
+            if name.rsplit(".", 1)[1] in parts:
+                binding.bind_ortvalue_output(present, bound[name])
+            else:
+                binding.bind_output(present)
+        exported.session.run_with_iobinding(binding)
+        in_place_logits, *grown = binding.get_outputs()
+        for name, new in zip(names[2:], grown, strict=True):
+            if name.rsplit(".", 1)[1] not in parts:
+                bound[name] = new
+        np.testing.assert_array_equal(in_place_logits.numpy()[:, -1], logits, err_msg=f"call at {start}")
+        for name, expected in zip(names[2:], fresh, strict=True):
+            np.testing.assert_array_equal(bound[name].numpy(), expected, err_msg=f"{name} after the call at {start}")
+        start += size

@@ -135,8 +135,11 @@ def contract_onnx(config) -> "onnx.ModelProto":  # noqa: F821
 def export_contract_onnx(model, config, out_dir: Path, options: ExportOptions) -> Artifact:
     import onnx
 
+    from exporter.onnx_state import state_in_place
+
     onnx.save(contract_onnx(config), out_dir / "model.onnx")
-    return Artifact("onnx", ["model.onnx"], options.quant, {"profile": "toy", "note": "contract test double"})
+    return Artifact("onnx", ["model.onnx"], options.quant, {"profile": "toy", "note": "contract test double",
+                                                            "state_in_place": state_in_place(out_dir / "model.onnx", config)})
 
 
 def export_contract_onnx_rank2_logits(model, config, out_dir: Path, options: ExportOptions) -> Artifact:

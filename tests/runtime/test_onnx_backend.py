@@ -47,6 +47,19 @@ def test_state_is_fed_back_and_grows(session):
     assert state["3.value"].shape[2] == 41 and float(state["0.recurrent"].max()) == 3.0
 
 
+def test_states_the_export_proved_safe_are_updated_in_place(session):
+    """The toy's conv and recurrent presents are element-wise Adds of their pasts: the manifest lists them,
+    and the backend binds each as its own output (the buffer stays, its values move, as the test above reads)."""
+    artifact = session.bundle.artifact("onnx")
+    assert artifact["details"]["state_in_place"]["parts"] == ["conv", "recurrent"]
+    session.reset()
+    conv, key = session.backend._past["past_key_values.0.conv"], session.backend._past["past_key_values.3.key"]
+    session.prefill([1, 2])
+    session.decode(1)
+    assert session.backend._past["past_key_values.0.conv"] is conv and float(conv.numpy().max()) == 2.0
+    assert session.backend._past["past_key_values.3.key"] is not key  # the KV cache grows: a new buffer a call
+
+
 def test_reset_drops_the_state(session):
     session.prefill([1, 2])
     session.reset()
