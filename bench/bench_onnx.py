@@ -151,12 +151,13 @@ class Runner:
     The state stays in ONNX Runtime's own tensors from call to call, as an app and
     `runtime.backends` keep it: `run` with numpy would copy every state out and back in, at the
     0.8B shape ~20 MB a decoded token, a cost neither model has in an app. The states that
-    `exporter.onnx_state` proves may be updated in place (both models' conv and recurrent states)
-    are bound as their own output, as `runtime.backends` binds ours and onnxruntime-genai the
-    builder's; `in_place=False` gives every present a fresh buffer instead.
+    `exporter.onnx_state` proves may be updated in place (both models' conv and recurrent states,
+    and their KV caches, written by GroupQueryAttention into buffers of `capacity` slots) are
+    bound as their own output, as `runtime.backends` binds ours and onnxruntime-genai both;
+    `in_place=False` gives every present a fresh buffer instead, the KV caches growing.
     """
 
-    def __init__(self, session, head_dim: int, model: Path, in_place: bool = True):
+    def __init__(self, session, head_dim: int, model: Path, in_place: bool = True, capacity: int = 2048):
         import onnx
         import onnxruntime as ort
 
@@ -172,7 +173,7 @@ class Runner:
         graph = onnx.load(str(model), load_external_data=False).graph
         pairs = {past: present for present, past in self.feeds_back.items()}
         self.in_place = set(in_place_states(graph, pairs)) if in_place else set()
-        self.past = 0
+        self.capacity, self.past = capacity, 0
 
     def empty_state(self) -> dict:
         """A fresh state (a call updates the in-place parts of the state it is given)."""
@@ -180,14 +181,16 @@ class Runner:
         state = {}
         for name, info in self.inputs.items():
             if name.startswith("past"):
-                state[name] = self.ort_value(np.zeros([self._dim(i, d) for i, d in enumerate(info.shape)], np.float32))
+                state[name] = self.ort_value(np.zeros([self._dim(name, i, d) for i, d in enumerate(info.shape)], np.float32))
         return state
 
-    def _dim(self, index: int, dim) -> int:
-        """Batch 1, no cached tokens; the builder leaves the KV head size symbolic (kv_cache_dim)."""
+    def _dim(self, name: str, index: int, dim) -> int:
+        """Batch 1; a KV cache empty, or of `capacity` slots when in place; the builder leaves the head size symbolic."""
         if index == 0 or isinstance(dim, int):
             return 1 if index == 0 else dim
-        return 0 if "sequence" in dim else self.head_dim
+        if index == 2 and name.endswith((".key", ".value")):
+            return self.capacity if name in self.in_place else 0
+        return self.head_dim
 
     def call(self, ids: np.ndarray, state: dict) -> tuple[np.ndarray, dict]:
         steps, binding = ids.shape[1], self.session.io_binding()

@@ -1,15 +1,14 @@
-"""What onnxruntime-genai adds to the builder's model's decode, taken apart, in one process and in turns.
+"""What onnxruntime-genai adds to a 4-bit model's decode, taken apart, in one process and in turns.
 
-The builder's 4-bit model decodes faster in onnxruntime-genai than on plain onnxruntime. Its
-`genai_config.json` turns on `past_present_share_buffer`: the KV cache is one max-length buffer
-that GroupQueryAttention writes in place, and the generator binds the conv and recurrent states
-as their own outputs. This bench runs the builder's model four ways, greedy, from the same prompt:
+The builder's model decodes faster in onnxruntime-genai than fed naively on plain onnxruntime.
+Its `genai_config.json` turns on `past_present_share_buffer`: the KV caches are buffers of the
+whole context that GroupQueryAttention writes in place, and the generator binds the conv and
+recurrent states as their own outputs too. This bench runs the builder's model three ways,
+greedy, from the same prompt:
 
-- `states copied`: plain onnxruntime, every state passed in and returned in a fresh buffer, the
-  cache grown by a token (our model's contract);
-- `states in place`: the same, but the conv and recurrent outputs bound to their inputs' buffers
+- `copied`: plain onnxruntime, every present in a fresh buffer, the KV caches grown by a token;
+- `in place`: plain onnxruntime, every state bound as its own output, KV caches of 2048 slots
   (`bench_onnx.Runner`, as `runtime.backends` runs ours);
-- `states and KV in place`: also the KV inputs and outputs bound to the same max-length buffers;
 - `genai`: onnxruntime-genai's generator.
 
 With `--ours DIR` it then runs our model in onnxruntime-genai and on plain onnxruntime (as
@@ -52,8 +51,8 @@ def _head_size(folder: Path) -> int:
     return json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]["head_size"]
 
 
-def grow(session, model: Path, head_size: int, prompt: np.ndarray, decode: int,
-         in_place: bool = True) -> tuple[float, list[int]]:
+def run_plain(session, model: Path, head_size: int, prompt: np.ndarray, decode: int,
+              in_place: bool = True) -> tuple[float, list[int]]:
     """(decode tok/s, the greedy tokens)."""
     runner = Runner(session, head_dim=head_size, model=model, in_place=in_place)
     logits, state = runner.call(prompt, runner.empty_state())
@@ -61,42 +60,6 @@ def grow(session, model: Path, head_size: int, prompt: np.ndarray, decode: int,
     for _ in range(decode):
         logits, state = runner.call(np.array([[tokens[-1]]]), state)
         tokens.append(int(logits[0].argmax()))
-    return decode / (time.perf_counter() - start), tokens
-
-
-class SharedBuffers:
-    """The builder's model on plain onnxruntime with its KV cache in max-length buffers and its states, all written in place."""
-
-    def __init__(self, session, head_size: int, capacity: int):
-        from onnxruntime import OrtValue
-
-        self.session, self.value, self.buffers, self.past = session, OrtValue.ortvalue_from_numpy, {}, 0
-        for info in session.get_inputs():
-            if info.name.startswith("past_key_values."):  # [B, kv heads, capacity, head size]
-                self.buffers[info.name] = self.value(np.zeros((1, info.shape[1], capacity, head_size), np.float32))
-            elif info.name.startswith("past."):  # conv and recurrent states: fixed shapes
-                self.buffers[info.name] = self.value(np.zeros([1, *info.shape[1:]], np.float32))
-
-    def call(self, ids: np.ndarray) -> np.ndarray:
-        steps, binding = ids.shape[1], self.session.io_binding()
-        binding.bind_ortvalue_input("input_ids", self.value(np.ascontiguousarray(ids, np.int64)))
-        binding.bind_ortvalue_input("attention_mask", self.value(np.ones((1, self.past + steps), np.int64)))
-        positions = np.broadcast_to(np.arange(self.past, self.past + steps, dtype=np.int64), (3, 1, steps))
-        binding.bind_ortvalue_input("position_ids", self.value(positions.copy()))
-        for name, buffer in self.buffers.items():
-            binding.bind_ortvalue_input(name, buffer)
-            binding.bind_ortvalue_output("present." + name.split(".", 1)[1], buffer)
-        binding.bind_output("logits", "cpu")
-        self.session.run_with_iobinding(binding)
-        self.past += steps
-        return binding.get_outputs()[-1].numpy()[0, -1]
-
-
-def shared(session, head_size: int, prompt: np.ndarray, decode: int) -> tuple[float, list[int]]:
-    runner = SharedBuffers(session, head_size, prompt.shape[1] + decode + 1)
-    tokens, start = [int(runner.call(prompt).argmax())], time.perf_counter()
-    for _ in range(decode):
-        tokens.append(int(runner.call(np.array([[tokens[-1]]])).argmax()))
     return decode / (time.perf_counter() - start), tokens
 
 
@@ -149,26 +112,25 @@ def main(argv=None) -> None:
     builder = Path(args.builder)
     prompt = np.random.default_rng(0).integers(0, 248_000, size=(1, args.prompt))
     head_size = _head_size(builder)
-    sessions = [_session(builder) for _ in range(3)]  # one per plain-onnxruntime way: no state carried between them
+    sessions = [_session(builder) for _ in range(2)]  # one per plain-onnxruntime way: no state carried between them
     builder_genai = genai_model(builder, THREADS)
     plain = {
-        "states copied": lambda: grow(sessions[0], builder / "model.onnx", head_size, prompt, args.decode, in_place=False),
-        "states in place": lambda: grow(sessions[1], builder / "model.onnx", head_size, prompt, args.decode),
-        "states and KV in place": lambda: shared(sessions[2], head_size, prompt, args.decode),
+        "copied": lambda: run_plain(sessions[0], builder / "model.onnx", head_size, prompt, args.decode, in_place=False),
+        "in place": lambda: run_plain(sessions[1], builder / "model.onnx", head_size, prompt, args.decode),
     }
     _same_tokens({name: run()[1] for name, run in plain.items()})  # the ways differ in buffers only
     ways = {name: (lambda run=run: run()[0]) for name, run in plain.items()}
     ways["genai"] = lambda: genai(builder_genai, prompt, args.decode)
     print(f"prompt {args.prompt} tokens, decode {args.decode}, {THREADS} threads, {args.rounds} rounds in turns")
-    results = {"builder": report("The builder's model, four ways", in_turns(ways, args.rounds), "states copied")}
+    results = {"builder": report("The builder's model, three ways", in_turns(ways, args.rounds), "copied")}
     if args.ours:
         del sessions
         ours, ours_session = Path(args.ours), _session(Path(args.ours))
-        _same_tokens({"in place": grow(ours_session, ours / "model.onnx", head_size, prompt, args.decode)[1],
-                      "copied": grow(ours_session, ours / "model.onnx", head_size, prompt, args.decode, in_place=False)[1]})
+        _same_tokens({"in place": run_plain(ours_session, ours / "model.onnx", head_size, prompt, args.decode)[1],
+                      "copied": run_plain(ours_session, ours / "model.onnx", head_size, prompt, args.decode, in_place=False)[1]})
         ours_genai = genai_model(ours, THREADS)
         both = {"ours in genai": lambda: genai(ours_genai, prompt, args.decode),
-                "ours on onnxruntime, states in place": lambda: grow(ours_session, ours / "model.onnx", head_size,
+                "ours on onnxruntime, in place": lambda: run_plain(ours_session, ours / "model.onnx", head_size,
                                                                      prompt, args.decode)[0],
                 "builder in genai": lambda: genai(builder_genai, prompt, args.decode)}
         results["genai"] = report("Our model and the builder's", in_turns(both, args.rounds), "builder in genai")

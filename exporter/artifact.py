@@ -38,6 +38,7 @@ from exporter.quantize import QuantRecipe, resolve
 
 
 IMAGE_EMBEDS = "image_embeds"  # ONNX input of multimodal decoders
+ATTENTION_MASK = "attention_mask"  # ONNX input of decoders whose KV caches are buffers of the caller's capacity
 IMAGE_METHOD = "forward_with_images"  # ExecuTorch method of multimodal decoders
 # The `.pte`'s kernel sets: what the program calls outside XNNPACK, hence what an app must link.
 PTE_KERNELS = {

@@ -191,10 +191,10 @@ def _mrope_axis(half: int, section: tuple[int, ...], interleaved: bool) -> list[
     return axis
 
 
-def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x [B, H, T, Dh]; cos/sin [B, T, R]: rotate the first R dims, pass the rest."""
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, heads_first: bool = True) -> Tensor:
+    """x [B, H, T, Dh] (or [B, T, H, Dh] with heads_first=False); cos/sin [B, T, R]: rotate the first R dims."""
     r = cos.shape[-1]
-    cos, sin = cos[:, None], sin[:, None]  # [B, 1, T, R]
+    cos, sin = (cos[:, None], sin[:, None]) if heads_first else (cos[:, :, None], sin[:, :, None])  # [B, 1, T, R]
     if r == x.shape[-1]:  # the whole head rotates (the vision tower): no empty pass-through slice
         x1, x2 = x[..., : r // 2], x[..., r // 2 :]
         return x * cos + torch.cat((-x2, x1), dim=-1) * sin
@@ -217,12 +217,18 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.dh, t.rms_norm_eps)
         self.k_norm = RMSNorm(self.dh, t.rms_norm_eps)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], state: LayerState | StaticKV) -> tuple[Tensor, LayerState]:
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor],
+                state: LayerState | StaticKV | FusedKV) -> tuple[Tensor, LayerState | FusedKV]:
         B, T, _ = x.shape
         q, gate = self.q_proj(x).view(B, T, self.h, 2 * self.dh).chunk(2, dim=-1)  # [B, T, H, Dh] each
-        q = self.q_norm(q).transpose(1, 2)  # [B, H, T, Dh]
-        k = self.k_norm(self.k_proj(x).view(B, T, self.hkv, self.dh)).transpose(1, 2)  # [B, Hkv, T, Dh]
-        v = self.v_proj(x).view(B, T, self.hkv, self.dh).transpose(1, 2)  # [B, Hkv, T, Dh]
+        q = self.q_norm(q)  # [B, T, H, Dh]
+        k = self.k_norm(self.k_proj(x).view(B, T, self.hkv, self.dh))  # [B, T, Hkv, Dh]
+        v = self.v_proj(x).view(B, T, self.hkv, self.dh)  # [B, T, Hkv, Dh]
+        if isinstance(state, FusedKV):  # the cache runs the attention core, token-major
+            q, k = apply_rotary(q, *rope, heads_first=False), apply_rotary(k, *rope, heads_first=False)
+            out, next_state = state.attend(q, k, v)  # [B, T, H*Dh]
+            return self.o_proj(out * torch.sigmoid(gate.reshape(B, T, -1))), next_state
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, T, Dh]
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if isinstance(state, StaticKV):
             keys, values, mask = state.update(k, v)  # [B, Hkv, S, Dh] x 2, [T, S]
@@ -265,6 +271,19 @@ class StaticKV(abc.ABC):
     @abc.abstractmethod
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """k, v [B, Hkv, T, Dh] -> keys, values [B, Hkv, S, Dh] and mask [T, S]."""
+
+
+class FusedKV(abc.ABC):
+    """A KV cache that also runs the attention core over itself (the ONNX decoder's, on GroupQueryAttention).
+
+    `attend(q, k, v)`, token-major q [B, T, H, Dh] and k, v [B, T, Hkv, Dh] with rotary applied,
+    stores the new entries and returns the attention output [B, T, H*Dh] (before the output gate)
+    and the layer's next state.
+    """
+
+    @abc.abstractmethod
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, LayerState]:
+        """q [B, T, H, Dh], k, v [B, T, Hkv, Dh] -> out [B, T, H*Dh], next state."""
 
 
 class MLP(nn.Module):

@@ -8,8 +8,12 @@ token ids and [3, B, T] M-RoPE positions in, the last position's logits and ever
 state out, under stable names.
 
 Profiles (`ExportOptions.onnx_profile`):
-- `ort`: ONNX Runtime's contrib ops where they exist and are faster (LinearAttention, MoE);
-- `portable`: standard ONNX ops only, opset 18, for runtimes without those contrib ops.
+- `ort`: ONNX Runtime's contrib ops where they exist and are faster (LinearAttention, MoE,
+  GroupQueryAttention). Each KV cache is a buffer of the caller's capacity that the model writes
+  (`CapacityKV`), with an `attention_mask` input saying how many tokens it holds: onnxruntime-genai
+  runs it with every state bound in place (`past_present_share_buffer`);
+- `portable`: standard ONNX ops only, opset 18, for runtimes without those contrib ops. Its KV
+  caches grow by concatenation: present = past + the call's T entries.
 
 Two deliberate differences from ONNX Runtime GenAI's model builder: the LM head runs on the last
 position only (the only logits a generator reads), and rotary cos/sin are computed from
@@ -45,10 +49,10 @@ import torch
 from torch import Tensor, nn
 
 from exporter import onnx_fusions, onnx_ops
-from exporter.artifact import IMAGE_EMBEDS, Artifact, ExportOptions, state_names
+from exporter.artifact import ATTENTION_MASK, IMAGE_EMBEDS, Artifact, ExportOptions, state_names
 from exporter.config import FULL, ModelConfig
 from exporter.errors import QwenEdgeError
-from exporter.model import Qwen35Model, splice_image_embeds
+from exporter.model import FusedKV, Qwen35Model, splice_image_embeds
 from exporter.onnx_state import state_in_place
 from exporter.quantize import check_format, check_shapes
 from exporter.quantize_onnx import quantize_onnx
@@ -64,11 +68,21 @@ GENAI_CONFIG = "genai_config.json"  # what onnxruntime-genai reads to drive the 
 # peak RSS in one file, 1.14 GB with the data beside it). One protobuf file holds at most 2 GiB anyway.
 EXTERNAL_DATA_THRESHOLD = 2**26
 DATA_ALIGNMENT = 4096  # page-aligned tensor offsets in the data file, so that any runtime can map them
-_DIM_NAMES = ("batch", "sequence", "past_sequence", "image_tokens")  # B, T, P, N in the I/O shapes
 
 
 class OnnxExportError(QwenEdgeError):
     """Options or a model that the ONNX lowering cannot export."""
+
+
+class CapacityKV(FusedKV):
+    """A full-attention layer's KV buffers of the caller's capacity, written and read by `qwen35::kv_attention`."""
+
+    def __init__(self, past_key: Tensor, past_value: Tensor, attention_mask: Tensor):
+        self.past_key, self.past_value, self.attention_mask = past_key, past_value, attention_mask
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        out, key, value = torch.ops.qwen35.kv_attention(q, k, v, self.past_key, self.past_value, self.attention_mask)
+        return out, (key, value)
 
 
 class OnnxDecoder(nn.Module):
@@ -81,19 +95,24 @@ class OnnxDecoder(nn.Module):
     copy, which for tied embeddings is a second copy of the embedding (+1 GB at the 0.8B shape).
     """
 
-    def __init__(self, model: Qwen35Model):
+    def __init__(self, model: Qwen35Model, capacity_kv: bool):
         super().__init__()
-        self.model = model
+        self.model, self.capacity_kv = model, capacity_kv
 
-    def forward(self, input_ids: Tensor, position_ids: Tensor, *past: Tensor) -> tuple[Tensor, ...]:
-        return self.decode(self.model.embed_tokens(input_ids), position_ids, past)
+    def forward(self, input_ids: Tensor, position_ids: Tensor, *inputs: Tensor) -> tuple[Tensor, ...]:
+        """inputs: attention_mask [B, P+T] (capacity_kv only), then the past state."""
+        return self.decode(self.model.embed_tokens(input_ids), position_ids, inputs)
 
-    def decode(self, x: Tensor, position_ids: Tensor, past: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    def decode(self, x: Tensor, position_ids: Tensor, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         m = self.model
+        mask, past = (inputs[0], inputs[1:]) if self.capacity_kv else (None, inputs)
         rope = m.rotary(position_ids, x.dtype)  # cos, sin [B, T, rotary_dim]
         present = []
         for i, layer in enumerate(m.layers):
-            x, state = layer(x, rope, (past[2 * i], past[2 * i + 1]))  # [B, T, D]
+            state = (past[2 * i], past[2 * i + 1])
+            if mask is not None and layer.kind == FULL:
+                state = CapacityKV(*state, mask)
+            x, state = layer(x, rope, state)  # [B, T, D]
             present += state
         logits = m.lm_head(m.norm(x[:, -1]))  # [B, V]
         return (logits[:, None], *present)  # [B, 1, V]: rank 3, the logits layout onnxruntime-genai reads
@@ -106,20 +125,26 @@ class OnnxImageDecoder(OnnxDecoder):
     The graph gives `image_embeds` a default of zero rows, so text-only callers leave it out.
     """
 
-    def __init__(self, model: Qwen35Model, image_token_id: int):
-        super().__init__(model)
+    def __init__(self, model: Qwen35Model, capacity_kv: bool, image_token_id: int):
+        super().__init__(model, capacity_kv)
         self.image_token_id = image_token_id
 
-    def forward(self, input_ids: Tensor, position_ids: Tensor, image_embeds: Tensor, *past: Tensor) -> tuple[Tensor, ...]:
+    def forward(self, input_ids: Tensor, position_ids: Tensor, image_embeds: Tensor, *inputs: Tensor) -> tuple[Tensor, ...]:
         x = splice_image_embeds(self.model.embed_tokens(input_ids), input_ids, image_embeds, self.image_token_id)
-        return self.decode(x, position_ids, past)
+        return self.decode(x, position_ids, inputs)
 
 
-def io_names(config: ModelConfig) -> tuple[list[str], list[str]]:
+def capacity_kv(profile: str) -> bool:
+    """Whether a profile's KV caches are buffers of the caller's capacity (ort) rather than growing (portable)."""
+    return profile == "ort"
+
+
+def io_names(config: ModelConfig, profile: str = "ort") -> tuple[list[str], list[str]]:
     """Input and output names in graph order, as `exporter.artifact` documents them."""
     parts = state_names(config.text)
     images = [IMAGE_EMBEDS] if config.vision is not None else []
-    inputs = ["input_ids", "position_ids", *images] + [f"past_key_values.{i}.{part}" for i, part in parts]
+    mask = [ATTENTION_MASK] if capacity_kv(profile) else []
+    inputs = ["input_ids", "position_ids", *images, *mask] + [f"past_key_values.{i}.{part}" for i, part in parts]
     outputs = ["logits"] + [f"present.{i}.{part}" for i, part in parts]
     return inputs, outputs
 
@@ -133,7 +158,7 @@ def export_onnx(model: Qwen35Model, config: ModelConfig, out_dir: Path, options:
     decompositions = onnx_ops.decompositions(options.onnx_profile, options.prefill_chunk)
     if decompositions:  # a re-trace of the whole program: skipped when there is nothing to replace
         program = program.run_decompositions(decompositions)
-    input_names, output_names = io_names(config)
+    input_names, output_names = io_names(config, options.onnx_profile)
     onnx_program = torch.onnx.export(
         program,
         dynamo=True,
@@ -146,7 +171,7 @@ def export_onnx(model: Qwen35Model, config: ModelConfig, out_dir: Path, options:
     )
     onnx_model = onnx_program.model
     _fold_weight_layouts(onnx_model)
-    _name_dynamic_dims(onnx_model)
+    _name_dynamic_dims(onnx_model, capacity_kv(options.onnx_profile))
     recipe = options.recipe
     quantized = quantize_onnx(onnx_model, model, recipe) if recipe.weight_bits else None
     fusions = onnx_fusions.fuse_norms(onnx_model) if options.onnx_profile == "ort" else {}
@@ -168,14 +193,18 @@ def genai_config(config: ModelConfig, options: ExportOptions) -> dict[str, Any]:
     """onnxruntime-genai's description of the model: an app can run the artifact with its `Model` and `Generator`.
 
     It names our inputs and outputs (`exporter.artifact`'s contract, which onnxruntime-genai's
-    `qwen3_5_text` type reads when told the names) and turns off past/present buffer sharing: the
-    KV cache here grows by concatenation (P + T), where the model builder's GroupQueryAttention
-    writes into a buffer of the whole context. Threads are left to the app (`session_options`).
+    `qwen3_5_text` type reads when told the names). With capacity KV caches (the ort profile) it
+    turns on past/present buffer sharing: onnxruntime-genai then allocates each KV cache once, at
+    `max_length`, and binds every state (KV, conv, recurrent) as its own output. A growing cache
+    (portable) cannot share its buffer, and onnxruntime-genai then double-buffers the other states
+    too. Threads are left to the app (`session_options`).
     """
     t = config.text
     specials = {"bos_token_id": t.bos_token_id, "eos_token_id": list(t.eos_token_ids), "pad_token_id": t.pad_token_id}
     state = {"key": "past_key_names", "value": "past_value_names", "conv": "past_conv_names",
              "recurrent": "past_recurrent_names"}
+    shared = capacity_kv(options.onnx_profile)
+    mask = {ATTENTION_MASK: ATTENTION_MASK} if shared else {}
     return {
         "model": {
             "type": "qwen3_5_text",
@@ -190,14 +219,14 @@ def genai_config(config: ModelConfig, options: ExportOptions) -> dict[str, Any]:
                 "num_attention_heads": t.num_attention_heads,
                 "num_key_value_heads": t.num_key_value_heads,
                 "num_hidden_layers": t.num_hidden_layers,
-                "inputs": {"input_ids": "input_ids", "position_ids": "position_ids",
+                "inputs": {"input_ids": "input_ids", "position_ids": "position_ids", **mask,
                            **{name: f"past_key_values.%d.{part}" for part, name in state.items()}},
                 "outputs": {"logits": "logits",
                             **{name.replace("past_", "present_"): f"present.%d.{part}" for part, name in state.items()}},
             },
         },
         "search": {"do_sample": False, "max_length": options.max_seq_len, "num_beams": 1,
-                   "past_present_share_buffer": False},
+                   "past_present_share_buffer": shared},
     }
 
 
@@ -244,13 +273,15 @@ def _check(model: Qwen35Model, config: ModelConfig, options: ExportOptions) -> N
         )
 
 
-def example_state(config: ModelConfig, batch: int, past: int) -> list[Tensor]:
-    """Zero past state in graph order: key/value [B, Hkv, P, Dh], conv [B, C, K-1], recurrent [B, Hv, Dk, Dv]."""
+def example_state(config: ModelConfig, batch: int, past: int, capacity: int | None = None) -> list[Tensor]:
+    """Zero past state in graph order: key/value [B, Hkv, P, Dh] (or [B, Hkv, capacity, Dh] for a
+    capacity-KV decoder, holding P tokens), conv [B, C, K-1], recurrent [B, Hv, Dk, Dv]."""
     t = config.text
     state = []
     for kind in t.layer_types:
         if kind == FULL:
-            state += [torch.zeros(batch, t.num_key_value_heads, past, t.head_dim) for _ in range(2)]
+            slots = past if capacity is None else capacity
+            state += [torch.zeros(batch, t.num_key_value_heads, slots, t.head_dim) for _ in range(2)]
         else:
             state.append(torch.zeros(batch, t.conv_dim, t.linear_conv_kernel_dim - 1))
             state.append(torch.zeros(batch, t.linear_num_value_heads, t.linear_key_head_dim, t.linear_value_head_dim))
@@ -258,29 +289,36 @@ def example_state(config: ModelConfig, batch: int, past: int) -> list[Tensor]:
 
 
 def _trace(model: Qwen35Model, config: ModelConfig, options: ExportOptions) -> torch.export.ExportedProgram:
-    """torch.export with dynamic B, T (<= prefill_chunk) and P (<= max_seq_len)."""
-    # Example sizes of at least 2: torch.export specialises dimensions that are 0 or 1 in the example.
-    batch, steps, past = 2, 2, 2
+    """torch.export with dynamic B, T (<= prefill_chunk) and P (<= max_seq_len), or the KV capacity."""
+    # Example sizes of at least 2, and distinct: torch.export specialises dimensions that are 0 or 1 in
+    # the example, and a capacity equal to another size could be taken for it.
+    batch, steps, past, capacity = 2, 2, 3, 8
     batch_dim = torch.export.Dim("batch", min=1)
     steps_dim = torch.export.Dim("sequence", min=1, max=options.prefill_chunk)
-    past_dim = torch.export.Dim("past_sequence", min=0, max=options.max_seq_len)
+    capacity_kv_ = capacity_kv(options.onnx_profile)
+    if capacity_kv_:  # the cache dim is the caller's buffer; the mask's width counts the tokens it holds
+        kv_dim = torch.export.Dim("kv_capacity", min=2, max=options.max_seq_len)
+        total_dim = torch.export.Dim("total_sequence", min=1, max=options.max_seq_len)
+    else:
+        kv_dim = torch.export.Dim("past_sequence", min=0, max=options.max_seq_len)
     state_shapes = []
     for kind in config.text.layer_types:
-        state_shapes += [{0: batch_dim, 2: past_dim}] * 2 if kind == FULL else [{0: batch_dim}] * 2
+        state_shapes += [{0: batch_dim, 2: kv_dim}] * 2 if kind == FULL else [{0: batch_dim}] * 2
     input_ids = torch.zeros(batch, steps, dtype=torch.long)
     positions = (past + torch.arange(steps)).expand(3, batch, steps)  # [3, B, T]
     inputs, dynamic_shapes = [input_ids, positions], [{0: batch_dim, 1: steps_dim}, {1: batch_dim, 2: steps_dim}]
-    decoder = OnnxDecoder(model)
+    decoder = OnnxDecoder(model, capacity_kv_)
     if config.vision is not None:
-        decoder = OnnxImageDecoder(model, config.image_token_id)
+        decoder = OnnxImageDecoder(model, capacity_kv_, config.image_token_id)
         inputs.append(torch.zeros(2, config.text.hidden_size))
         dynamic_shapes.append({0: torch.export.Dim("image_tokens", min=0, max=options.prefill_chunk)})
+    rest = example_state(config, batch, past, capacity if capacity_kv_ else None)  # forward's *inputs
+    if capacity_kv_:
+        rest.insert(0, torch.ones(batch, past + steps, dtype=torch.long))
+        state_shapes.insert(0, {0: batch_dim, 1: total_dim})
     with torch.no_grad():
         return torch.export.export(
-            decoder.eval(),
-            (*inputs, *example_state(config, batch, past)),
-            dynamic_shapes=(*dynamic_shapes, tuple(state_shapes)),
-            strict=False,
+            decoder.eval(), (*inputs, *rest), dynamic_shapes=(*dynamic_shapes, tuple(state_shapes)), strict=False
         )
 
 
@@ -316,17 +354,22 @@ def _fold_weight_layouts(model) -> None:
     RemoveUnusedNodesPass()(model)
 
 
-def _name_dynamic_dims(model) -> None:
-    """Rename the tracer's symbols (s0, s12, ...) to batch / sequence / past_sequence everywhere."""
+def _name_dynamic_dims(model, capacity_kv_: bool) -> None:
+    """Rename the tracer's symbols (s0, s12, ...) to batch / sequence / past_sequence (or kv_capacity and
+    total_sequence) / image_tokens everywhere."""
     from onnx_ir.traversal import RecursiveGraphIterator
 
     graph = model.graph
     inputs = {value.name: value for value in graph.inputs}
     first_key = next((v for v in graph.inputs if v.name.endswith(".key")), None)
-    symbols = [inputs["input_ids"].shape[0], inputs["input_ids"].shape[1]]
-    symbols.append(first_key.shape[2] if first_key is not None else None)
-    symbols.append(inputs[IMAGE_EMBEDS].shape[0] if IMAGE_EMBEDS in inputs else None)
-    renames = {str(sym.value): name for sym, name in zip(symbols, _DIM_NAMES) if sym is not None and sym.value}
+    named = [(inputs["input_ids"].shape[0], "batch"), (inputs["input_ids"].shape[1], "sequence")]
+    if first_key is not None:
+        named.append((first_key.shape[2], "kv_capacity" if capacity_kv_ else "past_sequence"))
+    if ATTENTION_MASK in inputs:
+        named.append((inputs[ATTENTION_MASK].shape[1], "total_sequence"))
+    if IMAGE_EMBEDS in inputs:
+        named.append((inputs[IMAGE_EMBEDS].shape[0], "image_tokens"))
+    renames = {str(sym.value): name for sym, name in named if sym.value}
     pattern = re.compile(r"\b(" + "|".join(map(re.escape, renames)) + r")\b")
 
     def rename(value) -> None:
@@ -410,7 +453,11 @@ def _describe(model, config: ModelConfig, options: ExportOptions, external: bool
         "logits": "last position only",
         "prefill_chunk": options.prefill_chunk,
         "max_seq_len": options.max_seq_len,
-        "dims": {"batch": "B", "sequence": f"T, 1..{options.prefill_chunk} per call", "past_sequence": "P, cached tokens",
+        "kv_cache": _kv_cache(options),
+        "dims": {"batch": "B", "sequence": f"T, 1..{options.prefill_chunk} per call",
+                 **({"kv_capacity": "C, the KV buffers' slots (the caller's choice, e.g. max_seq_len)",
+                     "total_sequence": "P + T, the tokens cached after the call"}
+                    if capacity_kv(options.onnx_profile) else {"past_sequence": "P, cached tokens"}),
                  **({"image_tokens": "N, image tokens in this call"} if config.vision is not None else {})},
         "op_counts": {domain: dict(sorted(c.items())) for domain, c in sorted(counts.items())},
         "ops": onnx_ops.lowering_report(options.onnx_profile, options.prefill_chunk),
@@ -420,6 +467,16 @@ def _describe(model, config: ModelConfig, options: ExportOptions, external: bool
                          f"image token (id {config.image_token_id}) of input_ids" if config.vision is not None else None),
         "toolchain": _toolchain(),
     }
+
+
+def _kv_cache(options: ExportOptions) -> dict[str, str]:
+    if capacity_kv(options.onnx_profile):
+        return {"layout": "capacity",
+                "how": "past_key_values.{i}.key/value [B, Hkv, C, Dh] are buffers the caller allocates once (C >= the "
+                       "tokens a sequence will hold) and binds as present.{i}.key/value too; the call writes its T "
+                       "entries at slots P..P+T-1, where attention_mask [B, P+T] (ones) says P. Several tokens after "
+                       "a cache need B = 1 (ONNX Runtime's GroupQueryAttention)"}
+    return {"layout": "grows", "how": "present.{i}.key/value = past_key_values.{i}.key/value + the call's T entries"}
 
 
 def _toolchain() -> dict[str, str]:

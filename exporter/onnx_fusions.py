@@ -182,7 +182,7 @@ def drop_reshape_round_trips(graph: ir.Graph) -> int:
     """Reshape(Reshape(x, a), b) whose output has x's shape: its readers read x. Returns how many.
 
     A DeltaNet layer views v as heads for the model's code and LinearAttention takes it packed
-    again, two no-op kernels a layer and call. Shapes compare dim by dim (a static size, or the
+    again (so does GroupQueryAttention in an attention layer): two no-op kernels a layer and call. Shapes compare dim by dim (a static size, or the
     same symbolic dim); a value with an unknown dim is left alone, and so is a graph output.
     """
     dropped = 0

@@ -4,7 +4,8 @@ Two mechanisms, both consumed by `exporter.onnx`:
 
 - `translations(profile)`: functions that torch.onnx's dynamo exporter traces in place of an op
   node (its `custom_translation_table`), written with onnxscript ops. The `ort` profile maps
-  `gated_delta_rule` to `com.microsoft::LinearAttention` and `moe` to `com.microsoft::MoE`;
+  `gated_delta_rule` to `com.microsoft::LinearAttention`, `moe` to `com.microsoft::MoE` and
+  `kv_attention` (its decoder's attention core) to `com.microsoft::GroupQueryAttention`;
   both profiles write `causal_conv1d` as shifted multiply-adds in standard ops, because
   `com.microsoft::CausalConvWithState` measured slower (see `causal_conv1d_shifted`).
 - `decompositions(profile, prefill_chunk)`: pure-PyTorch replacements applied to the exported
@@ -33,10 +34,11 @@ CONTRIB_DOMAIN = "com.microsoft"
 
 
 @functools.cache
-def ort_schema(name: str, domain: str = CONTRIB_DOMAIN):
+def ort_schema(name: str, domain: str = CONTRIB_DOMAIN, outputs: int | None = None):
     """`onnx.defs.OpSchema` for the op `domain::name` as the installed ONNX Runtime registers it.
 
-    Raises RuntimeError naming the fix when the runtime lacks the op.
+    `outputs` keeps only the first outputs (a translation's node then declares no optional output it
+    does not use). Raises RuntimeError naming the fix when the runtime lacks the op.
     """
     import onnx
     from onnxruntime.capi import onnxruntime_pybind11_state as ort_capi
@@ -59,7 +61,7 @@ def ort_schema(name: str, domain: str = CONTRIB_DOMAIN):
         domain,
         src.since_version,
         inputs=[param(p) for p in src.inputs],
-        outputs=[param(p) for p in src.outputs],
+        outputs=[param(p) for p in src.outputs[:outputs]],
         type_constraints=[(tc.type_param_str, list(tc.allowed_type_strs), "") for tc in src.type_constraints],
         attributes=[
             schema_cls.Attribute(n, schema_cls.AttrType[a.type.name], required=a.required) for n, a in src.attributes.items()
@@ -68,16 +70,16 @@ def ort_schema(name: str, domain: str = CONTRIB_DOMAIN):
 
 
 @functools.cache
-def contrib_op(name: str):
+def contrib_op(name: str, outputs: int | None = None):
     """An onnxscript op for `com.microsoft::<name>` whose schema is the one the installed ONNX Runtime registers.
 
     onnx itself does not know the contrib ops, and registering them in onnx's global schema registry
     breaks `onnx.reference` (names clash with the default-domain LinearAttention), so the schema is
-    attached to this one op object instead.
+    attached to this one op object instead. `outputs`: as in `ort_schema`.
     """
     import onnxscript
 
-    schema = ort_schema(name)
+    schema = ort_schema(name, outputs=outputs)
     return onnxscript.values.Op(onnxscript.values.Opset(CONTRIB_DOMAIN, schema.since_version), name, schema)
 
 
@@ -198,6 +200,33 @@ def causal_conv1d_shifted(x, weight, initial_state):
 
 
 # ---------------------------------------------------------------------------------------------------
+# kv_attention
+# ---------------------------------------------------------------------------------------------------
+
+
+def kv_attention_to_gqa(q, k, v, past_key, past_value, attention_mask):
+    """`qwen35::kv_attention` as `com.microsoft::GroupQueryAttention` on a cache of the caller's capacity.
+
+    GQA takes q, k, v with the heads packed into the last dim, seqlens_k = tokens cached after
+    the call - 1 per sequence and total_sequence_length = the attention mask's width, both int32
+    (the same few nodes in every layer, which ONNX Runtime's common-subexpression pass merges).
+    It writes the new entries at their slots of the present, which is the past's own buffer when
+    the caller binds them so (`exporter.onnx_state.ALIAS_SAFE`). Rotary is applied before it.
+    """
+    from onnxscript import opset18 as op
+
+    int32 = 6  # onnx.TensorProto.INT32
+    packed = op.Constant(value_ints=[0, 0, -1])  # [B, T, heads, Dh] -> [B, T, heads*Dh]
+    cached = op.ReduceSum(attention_mask, op.Constant(value_ints=[1]), keepdims=0)  # [B]
+    seqlens_k = op.Cast(op.Sub(cached, op.Constant(value_int=1)), to=int32)  # [B]
+    total = op.Cast(op.Gather(op.Shape(attention_mask), op.Constant(value_int=1), axis=0), to=int32)  # scalar
+    return contrib_op("GroupQueryAttention", outputs=3)(  # not output_qk: GQA refuses it without qk_output
+        op.Reshape(q, packed), op.Reshape(k, packed), op.Reshape(v, packed), past_key, past_value, seqlens_k, total,
+        num_heads=q.shape[2], kv_num_heads=k.shape[2], scale=float(q.shape[3]) ** -0.5,
+    )  # out [B, T, H*Dh], present_key, present_value [B, Hkv, C, Dh]
+
+
+# ---------------------------------------------------------------------------------------------------
 # moe
 # ---------------------------------------------------------------------------------------------------
 
@@ -271,6 +300,7 @@ def translations(profile: str) -> dict[torch._ops.OpOverload, Callable]:
     if profile == "ort":
         table[torch.ops.qwen35.gated_delta_rule.default] = gated_delta_rule_to_linear_attention
         table[torch.ops.qwen35.moe.default] = moe_to_contrib
+        table[torch.ops.qwen35.kv_attention.default] = kv_attention_to_gqa
     return table
 
 
@@ -297,5 +327,6 @@ def lowering_report(profile: str, prefill_chunk: int) -> dict[str, str]:
     return {
         "gated_delta_rule": "com.microsoft::LinearAttention (update_rule gated_delta)",
         "causal_conv1d": "standard ops: shifted multiply-adds (CausalConvWithState measured 2.4x slower at T=128)",
+        "kv_attention": "com.microsoft::GroupQueryAttention, the KV cache a buffer of the caller's capacity",
         "moe": "com.microsoft::MoE (swiglu_fusion 1) + shared expert as Gemm",
     }

@@ -30,6 +30,8 @@ from exporter.config import ModelConfig
 # Kernels that may write their state output into their state input's buffer, and why (ONNX Runtime's CPU kernels).
 ALIAS_SAFE = {
     ("com.microsoft", "LinearAttention"): "copies the past state into the present, then updates the present alone",
+    ("com.microsoft", "GroupQueryAttention"): "writes the new entries at their slots of the present and reads the "
+                                              "cache from the present (onnxruntime-genai's past_present_share_buffer)",
     ("com.microsoft", "CausalConvWithState"): "shifts each channel's window forward from a higher index: written "
                                               "to allow the past and present state in one buffer",
     **{("", op): "element-wise: output element i reads input element i only (ONNX Runtime may run it in place "

@@ -8,6 +8,7 @@ oracle and a chunked form) sit beside the op they define.
 
 from ops.causal_conv1d import causal_conv1d
 from ops.gated_delta_rule import gated_delta_rule
+from ops.kv_attention import kv_attention
 from ops.moe import moe
 
-__all__ = ["causal_conv1d", "gated_delta_rule", "moe"]
+__all__ = ["causal_conv1d", "gated_delta_rule", "kv_attention", "moe"]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.artifact import IMAGE_EMBEDS, IMAGE_METHOD, load_llm_custom_ops, state_names
+from exporter.artifact import ATTENTION_MASK, IMAGE_EMBEDS, IMAGE_METHOD, load_llm_custom_ops, state_names
 from runtime.bundle import Bundle
 from runtime.errors import BundleError
 
@@ -143,6 +143,9 @@ class OnnxBackend(Backend):
         self._inputs = {i.name: i for i in self._session.get_inputs()}
         self._takes_images = IMAGE_EMBEDS in {i.name for i in self._session.get_overridable_initializers()} | set(self._inputs)
         self._text = bundle.config.text
+        # KV caches of a fixed capacity (ort profile): buffers of max_seq_len slots, the mask counting what they hold
+        self._capacity_kv = ATTENTION_MASK in self._inputs
+        self._held = 0
         # States whose present the export proved may overwrite the past (`exporter.onnx_state`): bound in place,
         # they cost no allocation a call and stay where the kernels read them (~11 % of a 0.8B 4-bit decode step).
         self._in_place = set(artifact.get("details", {}).get("state_in_place", {}).get("parts", []))
@@ -150,9 +153,10 @@ class OnnxBackend(Backend):
 
     def _empty(self, layer: int, part: str):
         t = self._text
+        slots = self.capacity if self._capacity_kv else 0
         shapes = {
-            "key": (1, t.num_key_value_heads, 0, t.head_dim),
-            "value": (1, t.num_key_value_heads, 0, t.head_dim),
+            "key": (1, t.num_key_value_heads, slots, t.head_dim),
+            "value": (1, t.num_key_value_heads, slots, t.head_dim),
             "conv": (1, t.conv_dim, t.linear_conv_kernel_dim - 1),
             "recurrent": (1, t.linear_num_value_heads, t.linear_key_head_dim, t.linear_value_head_dim),
         }
@@ -164,6 +168,7 @@ class OnnxBackend(Backend):
 
     def reset(self) -> None:
         self._past = {f"past_key_values.{i}.{p}": self._empty(i, p) for i, p in self._names}
+        self._held = 0
 
     def forward(self, ids: np.ndarray, pos: int, *, positions: np.ndarray | None = None,
                 image_embeds: np.ndarray | None = None) -> np.ndarray:
@@ -177,6 +182,8 @@ class OnnxBackend(Backend):
             if not self._takes_images:
                 raise BundleError("model.onnx: has no image_embeds input; export a multimodal checkpoint for image prompts")
             binding.bind_ortvalue_input(IMAGE_EMBEDS, value(np.ascontiguousarray(image_embeds, dtype=np.float32)))
+        if self._capacity_kv:
+            binding.bind_ortvalue_input(ATTENTION_MASK, value(np.ones((1, pos + T), dtype=np.int64)))
         for (i, part), (name, past) in zip(self._names, self._past.items(), strict=True):
             binding.bind_ortvalue_input(name, past)
             if part in self._in_place:  # the present overwrites the past's own buffer (see __init__)
@@ -188,11 +195,16 @@ class OnnxBackend(Backend):
         *present, logits = binding.get_outputs()  # in binding order
         self._past = {name: past if part in self._in_place else new
                       for (_, part), (name, past), new in zip(self._names, self._past.items(), present, strict=True)}
+        self._held = pos + T
         logits = logits.numpy()  # [1, 1, V]; bundles exported before genai_config.json have [1, V]
         return (logits[0, -1] if logits.ndim == 3 else logits[0]).astype(np.float32, copy=False)
 
     def state(self) -> dict[str, np.ndarray] | None:
-        return {f"{i}.{p}": self._past[f"past_key_values.{i}.{p}"].numpy().astype(np.float32) for i, p in self._names}
+        """The state as the reference holds it: a capacity KV cache cut to the tokens it holds."""
+        state = {f"{i}.{p}": self._past[f"past_key_values.{i}.{p}"].numpy().astype(np.float32) for i, p in self._names}
+        if self._capacity_kv:
+            state = {name: x[:, :, :self._held] if name.endswith((".key", ".value")) else x for name, x in state.items()}
+        return state
 
 
 class PteBackend(Backend):

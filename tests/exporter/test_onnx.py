@@ -20,9 +20,10 @@ from exporter.artifact import Artifact, ExportOptions
 from exporter.checkpoint import random_model
 from exporter.config import FULL, ModelConfig, preset
 from exporter.model import Qwen35Model
-from exporter.onnx import DATA_FILE, MODEL_FILE, OnnxExportError, example_state, export_onnx, io_names, save_atomically
+from exporter.onnx import DATA_FILE, MODEL_FILE, OnnxExportError, capacity_kv, export_onnx, io_names, save_atomically
 from exporter.onnx_ops import moe_portable, ort_schema
 from ops.moe import moe_reference
+from tests.exporter import onnx_feeds
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -46,16 +47,25 @@ class Exported:
     artifact: Artifact
     session: object
 
+    @property
+    def profile(self) -> str:
+        return self.artifact.details["profile"]
+
     def run(self, ids: torch.Tensor, start: int, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         """One call: ids [B, T] at positions start.. start+T-1; returns logits [B, V] and the next state."""
-        names, _ = io_names(self.config)
-        feeds = {"input_ids": ids.numpy(), "position_ids": positions(ids, start).numpy()}
-        feeds.update(zip(names[2:], state))
-        logits, *present = self.session.run(None, feeds)
+        logits, *present = self.session.run(None, onnx_feeds.feeds(self.config, self.profile, ids.numpy(), start, state))
         return logits[:, -1], present  # [B, 1, V] -> [B, V]
 
-    def empty_state(self) -> list[np.ndarray]:
-        return [x.numpy() for x in example_state(self.config, BATCH, 0)]
+    def empty_state(self, batch: int = BATCH) -> list[np.ndarray]:
+        return onnx_feeds.empty_state(self.config, self.profile, batch)
+
+    def held(self, state: list[np.ndarray], length: int) -> list[np.ndarray]:
+        return onnx_feeds.held(self.config, self.profile, state, length)
+
+    @property
+    def chunk_batch(self) -> int:
+        """Sequences a call of several tokens after a cache may carry (GroupQueryAttention's CPU kernel: 1)."""
+        return 1 if capacity_kv(self.profile) else BATCH
 
 
 def positions(ids: torch.Tensor, start: int) -> torch.Tensor:
@@ -113,20 +123,21 @@ def test_prompt_and_decode_match_reference(exported):
         reference_state = expected.state
         np.testing.assert_allclose(logits, expected.logits[:, -1].numpy(), rtol=0, atol=LOGITS_ATOL, err_msg=f"step {step}")
         token = expected.logits[:, -1].argmax(-1, keepdim=True)
-    _, outputs = io_names(exported.config)
-    for name, actual, wanted in zip(outputs[1:], state, flat(reference_state), strict=True):
+    _, outputs = io_names(exported.config, exported.profile)
+    for name, actual, wanted in zip(outputs[1:], exported.held(state, PROMPT + DECODE), flat(reference_state), strict=True):
         np.testing.assert_allclose(actual, wanted.numpy(), rtol=0, atol=STATE_ATOL, err_msg=name)
 
 
 def test_prefill_in_chunks_equals_one_call(exported):
-    ids = prompt_ids(exported.config, seed=1)
-    whole_logits, whole_state = exported.run(ids, 0, exported.empty_state())
-    state, start = exported.empty_state(), 0
+    batch = exported.chunk_batch
+    ids = prompt_ids(exported.config, seed=1)[:batch]
+    whole_logits, whole_state = exported.run(ids, 0, exported.empty_state(batch))
+    state, start = exported.empty_state(batch), 0
     for size in (8, 8, 4):
         logits, state = exported.run(ids[:, start : start + size], start, state)
         start += size
     np.testing.assert_allclose(logits, whole_logits, rtol=0, atol=CHUNKED_ATOL)
-    _, outputs = io_names(exported.config)
+    _, outputs = io_names(exported.config, exported.profile)
     for name, chunked, whole in zip(outputs[1:], state, whole_state, strict=True):
         assert chunked.shape == whole.shape, name
         np.testing.assert_allclose(chunked, whole, rtol=0, atol=CHUNKED_ATOL, err_msg=name)
@@ -142,7 +153,7 @@ def test_model_passes_the_checker(exported):
 
 def test_io_follows_the_artifact_contract(exported):
     config, details = exported.config, exported.artifact.details
-    inputs, outputs = io_names(config)
+    inputs, outputs = io_names(config, exported.profile)
     assert [i.name for i in exported.session.get_inputs()] == inputs
     assert [o.name for o in exported.session.get_outputs()] == outputs
     shapes = {entry["name"]: (entry["dtype"], entry["shape"]) for entry in details["inputs"] + details["outputs"]}
@@ -152,8 +163,15 @@ def test_io_follows_the_artifact_contract(exported):
     assert shapes["logits"] == ("float32", ["batch", 1, t.vocab_size])
     full = t.layer_types.index(FULL)
     linear = t.layer_types.index("linear_attention")
-    assert shapes[f"past_key_values.{full}.key"] == ("float32", ["batch", t.num_key_value_heads, "past_sequence", t.head_dim])
-    assert shapes[f"present.{full}.value"][1][2] == "sequence + past_sequence"
+    if capacity_kv(exported.profile):  # one buffer of the caller's capacity, past and present
+        kv = ("float32", ["batch", t.num_key_value_heads, "kv_capacity", t.head_dim])
+        assert shapes[f"past_key_values.{full}.key"] == kv and shapes[f"present.{full}.value"] == kv
+        assert shapes["attention_mask"] == ("int64", ["batch", "total_sequence"])
+        assert details["kv_cache"]["layout"] == "capacity"
+    else:
+        assert shapes[f"past_key_values.{full}.key"] == ("float32", ["batch", t.num_key_value_heads, "past_sequence", t.head_dim])
+        assert shapes[f"present.{full}.value"][1][2] == "sequence + past_sequence"
+        assert details["kv_cache"]["layout"] == "grows" and "attention_mask" not in shapes
     assert shapes[f"past_key_values.{linear}.conv"] == ("float32", ["batch", t.conv_dim, t.linear_conv_kernel_dim - 1])
     recurrent = ["batch", t.linear_num_value_heads, t.linear_key_head_dim, t.linear_value_head_dim]
     assert shapes[f"present.{linear}.recurrent"] == ("float32", recurrent)
@@ -170,9 +188,7 @@ def test_external_data_layout_runs_the_same(exported, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
     external = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     ids = prompt_ids(exported.config, steps=5)
-    names, _ = io_names(exported.config)
-    feeds = {"input_ids": ids.numpy(), "position_ids": positions(ids, 0).numpy()}
-    feeds.update(zip(names[2:], exported.empty_state()))
+    feeds = onnx_feeds.feeds(exported.config, exported.profile, ids.numpy(), 0, exported.empty_state())
     for actual, expected in zip(external.run(None, feeds), exported.session.run(None, feeds), strict=True):
         np.testing.assert_array_equal(actual, expected)
 
@@ -182,7 +198,7 @@ def test_onnxruntime_genai_generates_what_onnxruntime_does(exported):
     og = pytest.importorskip("onnxruntime_genai")
     ids = prompt_ids(exported.config)[:1]  # [1, T]: one sequence
     steps = 8
-    state = [x[:1] for x in exported.empty_state()]
+    state = exported.empty_state(1)
     logits, state = exported.run(ids, 0, state)
     expected = []
     for step in range(steps):
@@ -215,6 +231,7 @@ def test_profile_uses_the_ops_it_promises(exported):
     layers = exported.config.text.layer_types
     linear, full = layers.count("linear_attention"), layers.count(FULL)
     assert contrib["LinearAttention"] == linear
+    assert contrib["GroupQueryAttention"] == full and "Softmax" not in details["op_counts"]["ai.onnx"]
     # Every norm is one kernel: two per layer (the residual Add folded into all but the first) and the final one,
     # q/k norms per attention layer, l2 q/k norms and the gated output norm per DeltaNet layer; one decay gate each.
     standard = details["op_counts"]["ai.onnx"]
@@ -223,7 +240,7 @@ def test_profile_uses_the_ops_it_promises(exported):
         "SimplifiedLayerNormalization": 1 + 1 + 2 * full + 3 * linear,
         "SkipSimplifiedLayerNormalization": 2 * len(layers) - 1,
         "LinearAttentionGate": linear,
-        "dropped_reshape_pairs": linear,  # v viewed as heads and packed again for LinearAttention
+        "dropped_reshape_pairs": linear + full,  # v viewed as heads, packed again for LinearAttention / GQA
     }
     assert standard["SimplifiedLayerNormalization"] == details["fusions"]["SimplifiedLayerNormalization"]
     for op in ("SkipSimplifiedLayerNormalization", "LinearAttentionGate"):
@@ -296,22 +313,25 @@ def test_states_bound_in_place_give_what_fresh_buffers_give(exported):
     """The parts the export records as updatable in place (`exporter.onnx_state`), bound as their own output
     through prompt chunks and decode steps, give the logits and states of fresh buffers, bit for bit."""
     parts = exported.artifact.details["state_in_place"]["parts"]
-    if exported.artifact.details["profile"] == "ort":
-        assert parts == ["conv", "recurrent"]  # LinearAttention and the conv's window: what runtime.backends binds
-    assert parts and not {"key", "value"} & set(parts)  # the KV caches grow: never in place
-    names, outputs = io_names(exported.config)
+    if capacity_kv(exported.profile):  # every state: what runtime.backends and onnxruntime-genai bind
+        assert parts == ["conv", "key", "recurrent", "value"]
+    else:  # the KV caches grow (Concat), and the recurrent state is an If's output: only the conv's window
+        assert parts == ["conv"]
+    names, outputs = io_names(exported.config, exported.profile)
+    names = names[-len(outputs) + 1:]  # the state inputs
     value = ort.OrtValue.ortvalue_from_numpy
-    bound = {name: value(np.ascontiguousarray(x)) for name, x in zip(names[2:], exported.empty_state(), strict=True)}
-    ids = prompt_ids(exported.config, seed=2)
-    fresh, start = exported.empty_state(), 0
+    batch = exported.chunk_batch
+    bound = {name: value(np.ascontiguousarray(x)) for name, x in zip(names, exported.empty_state(batch), strict=True)}
+    ids = prompt_ids(exported.config, seed=2)[:batch]
+    fresh, start = exported.empty_state(batch), 0
     for size in (8, 8, 4, *[1] * 4):
         chunk = ids[:, start : start + size] if start < PROMPT else ids[:, :1] + start
         logits, fresh = exported.run(chunk, start, fresh)
         binding = exported.session.io_binding()
-        binding.bind_ortvalue_input("input_ids", value(chunk.numpy()))
-        binding.bind_ortvalue_input("position_ids", value(positions(chunk, start).numpy()))
+        for name, fed in onnx_feeds.feeds(exported.config, exported.profile, chunk.numpy(), start, []).items():
+            binding.bind_ortvalue_input(name, value(np.ascontiguousarray(fed)))
         binding.bind_output("logits")
-        for name, present in zip(names[2:], outputs[1:], strict=True):
+        for name, present in zip(names, outputs[1:], strict=True):
             binding.bind_ortvalue_input(name, bound[name])
             if name.rsplit(".", 1)[1] in parts:
                 binding.bind_ortvalue_output(present, bound[name])
@@ -319,10 +339,22 @@ def test_states_bound_in_place_give_what_fresh_buffers_give(exported):
                 binding.bind_output(present)
         exported.session.run_with_iobinding(binding)
         in_place_logits, *grown = binding.get_outputs()
-        for name, new in zip(names[2:], grown, strict=True):
+        for name, new in zip(names, grown, strict=True):
             if name.rsplit(".", 1)[1] not in parts:
                 bound[name] = new
         np.testing.assert_array_equal(in_place_logits.numpy()[:, -1], logits, err_msg=f"call at {start}")
-        for name, expected in zip(names[2:], fresh, strict=True):
+        for name, expected in zip(names, fresh, strict=True):
             np.testing.assert_array_equal(bound[name].numpy(), expected, err_msg=f"{name} after the call at {start}")
         start += size
+
+
+def test_a_batched_chunk_after_a_cache_runs_only_with_growing_caches(exported):
+    """The one call the capacity layout does not take (ONNX Runtime's GroupQueryAttention): its error says so."""
+    ids = prompt_ids(exported.config)
+    _, state = exported.run(ids[:, :4], 0, exported.empty_state())
+    if capacity_kv(exported.profile):
+        with pytest.raises(Exception, match="batch_size must be 1 when sequence_length > 1 and past context is given"):
+            exported.run(ids[:, 4:8], 4, state)
+    else:
+        logits, _ = exported.run(ids[:, 4:8], 4, state)
+        assert logits.shape == (BATCH, exported.config.text.vocab_size) and np.isfinite(logits).all()

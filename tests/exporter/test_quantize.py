@@ -454,7 +454,8 @@ def test_onnx_untied_moe_model_quantizes_linears_and_keeps_the_moe_in_fp32(tmp_p
 def test_onnx_packed_projections_compute_what_separate_ones_do(tmp_path, monkeypatch):
     """Stacking the projections of one input into one MatMulNBits changes no output bit, and leaves one node each."""
     import exporter.quantize_onnx as quantize_onnx
-    from exporter.onnx import example_state, export_onnx, io_names
+    from exporter.onnx import export_onnx, io_names
+    from tests.exporter import onnx_feeds
 
     config = preset("tiny")
     model = random_model(config, seed=5)
@@ -472,15 +473,13 @@ def test_onnx_packed_projections_compute_what_separate_ones_do(tmp_path, monkeyp
 
     import onnxruntime as ort
 
-    inputs, outputs = io_names(config)
+    _, outputs = io_names(config, options.onnx_profile)
     sessions = [ort.InferenceSession(str(tmp_path / d / "model.onnx"), providers=["CPUExecutionProvider"])
                 for d in ("packed", "separate")]
     ids = torch.randint(0, config.text.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0)).numpy()
-    state = [x.numpy() for x in example_state(config, 2, 0)]
+    state = onnx_feeds.empty_state(config, options.onnx_profile, 2)
     for start in (0, 9):  # a 9-token prompt (matrix kernels), then one token after it (vector kernels)
-        steps = ids.shape[1]
-        feeds = {"input_ids": ids, "position_ids": np.broadcast_to(start + np.arange(steps), (3, 2, steps)).copy()}
-        runs = [session.run(None, {**feeds, **dict(zip(inputs[2:], state))}) for session in sessions]
+        runs = [session.run(None, onnx_feeds.feeds(config, options.onnx_profile, ids, start, state)) for session in sessions]
         for name, a, b in zip(outputs, *runs, strict=True):
             np.testing.assert_array_equal(a, b, err_msg=f"{name} at position {start}")
         ids, state = runs[0][0][:, -1].argmax(-1)[:, None], runs[0][1:]  # logits [B, 1, V]
