@@ -11,8 +11,8 @@ greedy, from the same prompt:
   (`bench_onnx.Runner`, as `runtime.backends` runs ours);
 - `genai`: onnxruntime-genai's generator.
 
-With `--ours DIR` it then runs our model in onnxruntime-genai and on plain onnxruntime (as
-`runtime.backends` does) against the builder's in onnxruntime-genai, in turns.
+With `--ours DIR` it then runs our model in onnxruntime-genai and on plain onnxruntime, copied
+and in place (as `runtime.backends` does), against the builder's in onnxruntime-genai, in turns.
 Every run: 2 intra-op threads, a `--prompt`-token prompt, `--decode` greedy tokens timed; medians
 over `--rounds`, and the median of the per-round ratios. Run it alone on the machine.
 
@@ -130,6 +130,8 @@ def main(argv=None) -> None:
                       "copied": run_plain(ours_session, ours / "model.onnx", head_size, prompt, args.decode, in_place=False)[1]})
         ours_genai = genai_model(ours, THREADS)
         both = {"ours in genai": lambda: genai(ours_genai, prompt, args.decode),
+                "ours on onnxruntime, copied": lambda: run_plain(ours_session, ours / "model.onnx", head_size, prompt,
+                                                                 args.decode, in_place=False)[0],
                 "ours on onnxruntime, in place": lambda: run_plain(ours_session, ours / "model.onnx", head_size,
                                                                      prompt, args.decode)[0],
                 "builder in genai": lambda: genai(builder_genai, prompt, args.decode)}

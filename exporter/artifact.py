@@ -10,11 +10,17 @@ sequence. Constant methods as ExecuTorch's LLM runner reads them.
 
 ONNX (`model.onnx`, `model.onnx.data` when external): inputs `input_ids` int64
 [B, T] and `position_ids` int64 [3, B, T] (M-RoPE t, h, w; equal rows for text),
-then per layer i the past state: full-attention layers `past_key_values.{i}.key`
-and `.value` [B, Hkv, P, Dh]; DeltaNet layers `past_key_values.{i}.conv`
-[B, C, K-1] and `.recurrent` float32 [B, Hv, Dk, Dv]. Outputs: `logits` [B, 1, V]
-(last position) and `present.{i}.key|value|conv|recurrent` with the next state
-(key/value grow to P + T). 1 <= T <= prefill_chunk per call. Beside it,
+then (ort profile) `attention_mask` int64 [B, P + T] of ones, then per layer i the
+past state: full-attention layers `past_key_values.{i}.key` and `.value`; DeltaNet
+layers `past_key_values.{i}.conv` [B, C, K-1] and `.recurrent` float32
+[B, Hv, Dk, Dv]. Outputs: `logits` [B, 1, V] (last position) and
+`present.{i}.key|value|conv|recurrent` with the next state. 1 <= T <= prefill_chunk
+per call. The KV caches (`details.kv_cache.layout`): ort profile, `capacity`: key/value
+[B, Hkv, C, Dh] are buffers of the caller's capacity C (max_seq_len), the call writes
+its T entries at slots P..P+T-1 and returns the same shape, and several tokens after
+a cache need B = 1; portable profile, `grows`: key/value [B, Hkv, P, Dh] in,
+[B, Hkv, P + T, Dh] out. `details.state_in_place.parts` lists the states whose present
+may be bound to the past's own buffer (`exporter.onnx_state`). Beside it,
 `genai_config.json` describes the model to onnxruntime-genai (`exporter.onnx.genai_config`).
 
 Multimodal checkpoints add an image path to both, so image prompts need no second

@@ -194,7 +194,7 @@ def _mrope_axis(half: int, section: tuple[int, ...], interleaved: bool) -> list[
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, heads_first: bool = True) -> Tensor:
     """x [B, H, T, Dh] (or [B, T, H, Dh] with heads_first=False); cos/sin [B, T, R]: rotate the first R dims."""
     r = cos.shape[-1]
-    cos, sin = (cos[:, None], sin[:, None]) if heads_first else (cos[:, :, None], sin[:, :, None])  # [B, 1, T, R]
+    cos, sin = (cos[:, None], sin[:, None]) if heads_first else (cos[:, :, None], sin[:, :, None])  # 1 for the heads
     if r == x.shape[-1]:  # the whole head rotates (the vision tower): no empty pass-through slice
         x1, x2 = x[..., : r // 2], x[..., r // 2 :]
         return x * cos + torch.cat((-x2, x1), dim=-1) * sin
@@ -218,7 +218,7 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(self.dh, t.rms_norm_eps)
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor],
-                state: LayerState | StaticKV | FusedKV) -> tuple[Tensor, LayerState | FusedKV]:
+                state: LayerState | StaticKV | FusedKV) -> tuple[Tensor, LayerState | StaticKV]:
         B, T, _ = x.shape
         q, gate = self.q_proj(x).view(B, T, self.h, 2 * self.dh).chunk(2, dim=-1)  # [B, T, H, Dh] each
         q = self.q_norm(q)  # [B, T, H, Dh]
