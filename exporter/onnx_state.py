@@ -1,10 +1,11 @@
 """Which of an ONNX decoder's states a runtime may update in place: the present written into the past's buffer.
 
-A DeltaNet layer's conv and recurrent states keep their shape from call to call. A runtime that
-binds `present.X` to the very buffer it feeds as `past_key_values.X` (ONNX Runtime's I/O binding;
-onnxruntime-genai does so for the builder's models) allocates nothing for them and keeps the
-~1 MB state a layer where the kernels just read it: 0.8B 4-bit decode runs ~11 % faster on this
-CPU (BENCHMARKS.md). That is only sound when nothing reads the past after the present's writer
+Some states keep their shape from call to call: a DeltaNet layer's conv and recurrent states,
+and (ort profile) the KV caches, buffers of the caller's capacity that GroupQueryAttention
+writes. A runtime that binds `present.X` to the very buffer it feeds as `past_key_values.X`
+(ONNX Runtime's I/O binding; onnxruntime-genai does so with `past_present_share_buffer`)
+allocates and copies nothing for them and keeps the ~1 MB state a layer where the kernels just
+read it: 0.8B 4-bit decode runs 7-11 % faster on this CPU (BENCHMARKS.md). That is only sound when nothing reads the past after the present's writer
 has started. ONNX states no such thing about a graph, so this module proves it, per state, from
 the graph as exported:
 
@@ -14,7 +15,7 @@ the graph as exported:
 - or it is the writer itself, and the writer's kernel is known to read its input before
   overwriting it (`ALIAS_SAFE`).
 
-The growing KV caches never qualify (their present is a Concat of the past). The check is
+Growing KV caches (portable profile) never qualify: their present is a Concat of the past. The check is
 torch-free: the runtime and the benches use it on any ONNX decoder, the builder's included.
 """
 

@@ -46,26 +46,48 @@ def logit_metrics(candidate: np.ndarray, reference: np.ndarray) -> dict[str, flo
     }
 
 
+# A lossy artifact's top-1 over a golden trace's few positions fails only when its agreements are this unlikely
+# under the scheme's bound (one-sided binomial test); see `top1_consistent`.
+TOP1_ALPHA = 0.05
+
+
 def logit_check(name: str, candidate: np.ndarray, reference: np.ndarray, tol: Tolerance) -> Check:
     """The logit metrics against the bounds. Top-1 counts a disagreement at a near-tie of the reference (its
-    two tokens within `tol.greedy_tie_margin` logits) as agreement, as the greedy check does: over the few
-    positions of a golden trace (7 decode steps) one flipped tie is 1/7 of the rate, so a correct lossy
-    artifact would fail a 0.9 bound whenever the trace holds a tie. A flip at a wider margin still counts.
+    two tokens within `tol.greedy_tie_margin` logits) as agreement, as the greedy check does, and is judged
+    as a sample (`top1_consistent`): over the few positions of a golden trace (7 decode steps) a correct lossy
+    artifact flips a position or two by chance, and which ones moves with any change of summation order.
     """
     m = logit_metrics(candidate, reference)
-    top1, note = m["top1"], ""
+    top1, notes = m["top1"], []
     ties = near_tie_flips(candidate, reference, tol.greedy_tie_margin)
     if ties:
         m["near_tie_flips"] = ties
         top1 += ties / m["positions"]
-        note = f"{ties} top-1 flip(s) at a near-tie of the reference (<= {tol.greedy_tie_margin:g} logits) excused"
-    passed = (
-        m["max_abs"] <= tol.max_abs
-        and m["rel_rms"] <= tol.rel_rms
-        and m["cosine"] >= tol.min_cosine
-        and top1 >= tol.min_top1
-    )
-    return Check(name, m, passed, note)
+        notes.append(f"{ties} top-1 flip(s) at a near-tie of the reference (<= {tol.greedy_tie_margin:g} logits) excused")
+    top1_ok = top1 >= tol.min_top1
+    if not top1_ok:
+        top1_ok, chance = top1_consistent(round(top1 * m["positions"]), m["positions"], tol.min_top1)
+        m["top1_chance"] = chance
+        if top1_ok:
+            notes.append(f"top-1 {top1:.3f} over {m['positions']} positions is below {tol.min_top1:g} by chance "
+                         f"(P = {chance:.2f} at that rate)")
+    passed = m["max_abs"] <= tol.max_abs and m["rel_rms"] <= tol.rel_rms and m["cosine"] >= tol.min_cosine and top1_ok
+    return Check(name, m, passed, "; ".join(notes))
+
+
+def top1_consistent(agree: int, positions: int, bound: float) -> tuple[bool, float]:
+    """Whether `agree` agreeing positions of `positions` are consistent with a top-1 rate of `bound`; (verdict, P).
+
+    P is P(X <= agree) for X ~ Binomial(positions, bound): the chance that an artifact whose top-1 rate is
+    the bound agrees this rarely. Consistent when P >= TOP1_ALPHA. An exact bound (1.0) allows no flip. On
+    the trained fixture an 8da4w artifact agrees at 0.84 over 1016 held-out tokens; over a 7-step trace it
+    shows 2 or more flips (below the 0.75 bound) 31 % of the time. Held-out tokens gate top-1 at the plain
+    bound (`PerplexityMeter`).
+    """
+    if bound >= 1.0:
+        return agree >= positions, float(agree >= positions)
+    chance = sum(math.comb(positions, k) * bound**k * (1 - bound) ** (positions - k) for k in range(agree + 1))
+    return chance >= TOP1_ALPHA, chance
 
 
 def near_tie_flips(candidate: np.ndarray, reference: np.ndarray, margin: float) -> int:

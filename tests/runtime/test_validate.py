@@ -125,10 +125,28 @@ def test_a_top1_flip_at_a_near_tie_of_the_reference_is_not_an_error():
     candidate[3, 9] = 5.5  # the artifact picks 9 there
     tie = logit_check("steps", candidate, reference, tolerance("8w"))
     assert tie.passed and tie.metrics["top1"] == 6 / 7 and tie.metrics["near_tie_flips"] == 1 and "near-tie" in tie.note
-    reference[3, 9] = 4.0  # a clear preference: the flip is the artifact's
-    assert logit_check("steps", candidate, reference, tolerance("8w")).passed is False
+    assert "top1_chance" not in tie.metrics  # 7/7 with the tie excused: no sampling question arises
     reference[3, 9] = 5.0 - 0.01
     assert logit_check("steps", candidate, reference, tolerance("fp32")).passed is False  # exact: no ties excused
+
+
+def test_top1_over_a_few_positions_is_judged_as_a_sample_of_the_bound():
+    """Clear flips (no tie): over 7 positions an 8w artifact at its 0.9 bound shows one flip 37 % of the time and
+    three or more 2.6 % of the time; the first passes as chance, the second fails; an exact scheme allows none."""
+    reference = np.zeros((7, 16), np.float32)
+    reference[np.arange(7), np.arange(7)] = 5.0
+    reference[:, 9] = 4.8  # every row's runner-up, 0.2 logits behind: beyond both schemes' tie margins
+    candidate = reference.copy()
+    candidate[3, 9] = 5.1  # one clear flip (logits otherwise equal: only top-1 is at stake)
+    one = logit_check("steps", candidate, reference, tolerance("8w"))
+    assert one.passed and one.metrics["top1"] == 6 / 7 and "by chance" in one.note
+    assert one.metrics["top1_chance"] == pytest.approx(1 - 0.9**7)
+    assert logit_check("steps", candidate, reference, tolerance("fp32")).passed is False
+    candidate[[1, 5], 9] = 5.1  # three clear flips: 4 of 7 agree
+    three = logit_check("steps", candidate, reference, tolerance("8w"))
+    assert three.passed is False and three.metrics["top1_chance"] == pytest.approx(0.0257, abs=1e-4)
+    two_of_seven = logit_check("steps", candidate, reference, tolerance("8da4w"))  # 4/7 at the 0.75 bound: P = 0.24
+    assert two_of_seven.passed and two_of_seven.metrics["top1_chance"] == pytest.approx(0.2436, abs=1e-4)
 
 
 def test_tolerance_table_is_data_with_reasons():
