@@ -295,8 +295,8 @@ def _trace(model: Qwen35Model, config: ModelConfig, options: ExportOptions) -> t
     batch, steps, past, capacity = 2, 2, 3, 8
     batch_dim = torch.export.Dim("batch", min=1)
     steps_dim = torch.export.Dim("sequence", min=1, max=options.prefill_chunk)
-    capacity_kv_ = capacity_kv(options.onnx_profile)
-    if capacity_kv_:  # the cache dim is the caller's buffer; the mask's width counts the tokens it holds
+    kv_buffers = capacity_kv(options.onnx_profile)
+    if kv_buffers:  # the cache dim is the caller's buffer; the mask's width counts the tokens it holds
         kv_dim = torch.export.Dim("kv_capacity", min=2, max=options.max_seq_len)
         total_dim = torch.export.Dim("total_sequence", min=1, max=options.max_seq_len)
     else:
@@ -307,13 +307,13 @@ def _trace(model: Qwen35Model, config: ModelConfig, options: ExportOptions) -> t
     input_ids = torch.zeros(batch, steps, dtype=torch.long)
     positions = (past + torch.arange(steps)).expand(3, batch, steps)  # [3, B, T]
     inputs, dynamic_shapes = [input_ids, positions], [{0: batch_dim, 1: steps_dim}, {1: batch_dim, 2: steps_dim}]
-    decoder = OnnxDecoder(model, capacity_kv_)
+    decoder = OnnxDecoder(model, kv_buffers)
     if config.vision is not None:
-        decoder = OnnxImageDecoder(model, capacity_kv_, config.image_token_id)
+        decoder = OnnxImageDecoder(model, kv_buffers, config.image_token_id)
         inputs.append(torch.zeros(2, config.text.hidden_size))
         dynamic_shapes.append({0: torch.export.Dim("image_tokens", min=0, max=options.prefill_chunk)})
-    rest = example_state(config, batch, past, capacity if capacity_kv_ else None)  # forward's *inputs
-    if capacity_kv_:
+    rest = example_state(config, batch, past, capacity if kv_buffers else None)  # forward's *inputs
+    if kv_buffers:
         rest.insert(0, torch.ones(batch, past + steps, dtype=torch.long))
         state_shapes.insert(0, {0: batch_dim, 1: total_dim})
     with torch.no_grad():
@@ -354,7 +354,7 @@ def _fold_weight_layouts(model) -> None:
     RemoveUnusedNodesPass()(model)
 
 
-def _name_dynamic_dims(model, capacity_kv_: bool) -> None:
+def _name_dynamic_dims(model, kv_buffers: bool) -> None:
     """Rename the tracer's symbols (s0, s12, ...) to batch / sequence / past_sequence (or kv_capacity and
     total_sequence) / image_tokens everywhere."""
     from onnx_ir.traversal import RecursiveGraphIterator
@@ -364,7 +364,7 @@ def _name_dynamic_dims(model, capacity_kv_: bool) -> None:
     first_key = next((v for v in graph.inputs if v.name.endswith(".key")), None)
     named = [(inputs["input_ids"].shape[0], "batch"), (inputs["input_ids"].shape[1], "sequence")]
     if first_key is not None:
-        named.append((first_key.shape[2], "kv_capacity" if capacity_kv_ else "past_sequence"))
+        named.append((first_key.shape[2], "kv_capacity" if kv_buffers else "past_sequence"))
     if ATTENTION_MASK in inputs:
         named.append((inputs[ATTENTION_MASK].shape[1], "total_sequence"))
     if IMAGE_EMBEDS in inputs:
