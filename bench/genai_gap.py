@@ -22,6 +22,7 @@ over `--rounds`, and the median of the per-round ratios. Run it alone on the mac
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -114,26 +115,23 @@ def main(argv=None) -> None:
     head_size = _head_size(builder)
     sessions = [_session(builder) for _ in range(2)]  # one per plain-onnxruntime way: no state carried between them
     builder_genai = genai_model(builder, THREADS)
-    plain = {
-        "copied": lambda: run_plain(sessions[0], builder / "model.onnx", head_size, prompt, args.decode, in_place=False),
-        "in place": lambda: run_plain(sessions[1], builder / "model.onnx", head_size, prompt, args.decode),
-    }
+    builder_plain = [functools.partial(run_plain, session, builder / "model.onnx", head_size, prompt, args.decode)
+                     for session in sessions]
+    plain = {"copied": lambda: builder_plain[0](in_place=False), "in place": builder_plain[1]}
     _same_tokens({name: run()[1] for name, run in plain.items()})  # the ways differ in buffers only
     ways = {name: (lambda run=run: run()[0]) for name, run in plain.items()}
     ways["genai"] = lambda: genai(builder_genai, prompt, args.decode)
     print(f"prompt {args.prompt} tokens, decode {args.decode}, {THREADS} threads, {args.rounds} rounds in turns")
     results = {"builder": report("The builder's model, three ways", in_turns(ways, args.rounds), "copied")}
     if args.ours:
-        del sessions
-        ours, ours_session = Path(args.ours), _session(Path(args.ours))
-        _same_tokens({"in place": run_plain(ours_session, ours / "model.onnx", head_size, prompt, args.decode)[1],
-                      "copied": run_plain(ours_session, ours / "model.onnx", head_size, prompt, args.decode, in_place=False)[1]})
+        del sessions, builder_plain  # the builder's plain sessions: freed before ours loads
+        ours = Path(args.ours)
+        ours_plain = functools.partial(run_plain, _session(ours), ours / "model.onnx", head_size, prompt, args.decode)
+        _same_tokens({"in place": ours_plain()[1], "copied": ours_plain(in_place=False)[1]})
         ours_genai = genai_model(ours, THREADS)
         both = {"ours in genai": lambda: genai(ours_genai, prompt, args.decode),
-                "ours on onnxruntime, copied": lambda: run_plain(ours_session, ours / "model.onnx", head_size, prompt,
-                                                                 args.decode, in_place=False)[0],
-                "ours on onnxruntime, in place": lambda: run_plain(ours_session, ours / "model.onnx", head_size,
-                                                                     prompt, args.decode)[0],
+                "ours on onnxruntime, copied": lambda: ours_plain(in_place=False)[0],
+                "ours on onnxruntime, in place": lambda: ours_plain()[0],
                 "builder in genai": lambda: genai(builder_genai, prompt, args.decode)}
         results["genai"] = report("Our model and the builder's", in_turns(both, args.rounds), "builder in genai")
     if args.json:

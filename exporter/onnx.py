@@ -139,7 +139,7 @@ def capacity_kv(profile: str) -> bool:
     return profile == "ort"
 
 
-def io_names(config: ModelConfig, profile: str = "ort") -> tuple[list[str], list[str]]:
+def io_names(config: ModelConfig, profile: str) -> tuple[list[str], list[str]]:
     """Input and output names in graph order, as `exporter.artifact` documents them."""
     parts = state_names(config.text)
     images = [IMAGE_EMBEDS] if config.vision is not None else []

@@ -15,8 +15,9 @@ the graph as exported:
 - or it is the writer itself, and the writer's kernel is known to read its input before
   overwriting it (`ALIAS_SAFE`).
 
-Growing KV caches (portable profile) never qualify: their present is a Concat of the past. The check is
-torch-free: the runtime and the benches use it on any ONNX decoder, the builder's included.
+Growing KV caches (portable profile) never qualify: their present is a Concat of the past. The export
+records its verdict in the manifest, which `runtime.backends` reads; the check is torch-free, so the
+benches run it on any ONNX decoder, the builder's included.
 """
 
 from __future__ import annotations
