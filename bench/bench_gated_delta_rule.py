@@ -8,22 +8,24 @@ in tests/ops/ hold correctness.
 Threads beyond the idle cores make the chunked form's parallel regions wait on the scheduler
 (100x outliers on a shared 2-core machine): keep --threads at or below the idle cores.
 
-    .venv/bin/python bench/bench_gated_delta_rule.py                  # T = 128, 512, 2048 and decode, real shape
-    .venv/bin/python bench/bench_gated_delta_rule.py --json results.json
-    .venv/bin/python bench/bench_gated_delta_rule.py --quick          # tiny shapes: a smoke run
+    .venv/bin/python -m bench.bench_gated_delta_rule                  # T = 128, 512, 2048 and decode, real shape
+    .venv/bin/python -m bench.bench_gated_delta_rule --json results.json
+    .venv/bin/python -m bench.bench_gated_delta_rule --quick          # tiny shapes: a smoke run
 """
 
-import argparse
 import json
 import platform
-import statistics
-import time
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ops.gated_delta_rule import DEFAULT_CHUNK_SIZE, chunked_gated_delta_rule, recurrent_gated_delta_rule
+from bench.common import argument_parser, median_ms
+from ops.gated_delta_rule import (
+    DEFAULT_CHUNK_SIZE,
+    chunked_gated_delta_rule,
+    recurrent_gated_delta_rule,
+)
 
 
 @dataclass(frozen=True)
@@ -76,17 +78,6 @@ def make_inputs(shape: LayerShape, steps: int, seed: int = 0):
     return (q, k, v, g, beta), dict(scale=shape.k_dim**-0.5, initial_state=state)
 
 
-def median_ms(fn, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
 def time_forms(settings: Settings, phase: str, steps: int) -> list[Timing]:
     """The recurrent form and the chunked form at every chunk size, on one input."""
     args, kwargs = make_inputs(settings.shape, steps)
@@ -131,7 +122,7 @@ def print_tables(timings: list[Timing], settings: Settings) -> dict[int, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argument_parser(__spec__.name, __doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, few repeats: a smoke run, not a measurement")

@@ -5,25 +5,22 @@ of each stage (export, lowering the custom ops, `to_edge` + XNNPACK, `to_executo
 couple of minutes instead of the half hour of a 0.8B lowering. One lowering per process (run it
 alone, and again to see the noise); the stage times are `export_executorch`'s own.
 
-    .venv/bin/python bench/bench_lowering.py --layers 4 --quant 8da4w
-    .venv/bin/python bench/bench_lowering.py --layers 4 --quant fp32 --keep out/   # keep the program (to cmp)
+    .venv/bin/python -m bench.bench_lowering --layers 4 --quant 8da4w
+    .venv/bin/python -m bench.bench_lowering --layers 4 --quant fp32 --keep out/   # keep the program (to cmp)
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench.common import argument_parser, with_layer_types
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__spec__.name, __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=4, help="the 0.8B's first N layer kinds")
     parser.add_argument("--quant", default="fp32", help="a scheme of exporter.quantize.SCHEMES")
     parser.add_argument("--keep", help="write the program here (default: a temporary directory, removed)")
@@ -33,13 +30,10 @@ def main(argv: list[str] | None = None) -> None:
     from exporter.checkpoint import random_model
     from exporter.config import preset
     from exporter.executorch import export_executorch
-    from exporter.quantize_executorch import quantize_for_executorch
 
-    big, tiny = preset("0.8b"), preset("tiny")
-    config = dataclasses.replace(tiny, text=dataclasses.replace(tiny.text, layer_types=big.text.layer_types[: args.layers]))
+    config = with_layer_types(preset("tiny"), preset("0.8b").text.layer_types[: args.layers])
     model = random_model(config).eval()
     options = ExportOptions(max_seq_len=256, prefill_chunk=128, quant=args.quant)
-    quantize_for_executorch(model, options.recipe)
     with tempfile.TemporaryDirectory() as scratch:
         start = time.perf_counter()
         artifact = export_executorch(model, config, Path(args.keep or scratch), options)

@@ -7,16 +7,16 @@ ratio to the first one of its shape. Cases: bits, block size, accuracy_level (1:
 activations, 4: int8 activations per block) and the activation dtype (fp16: Cast in and out,
 fp16 scales: what an fp16-activation artifact would store).
 
-    .venv/bin/python bench/bench_matmulnbits.py
+    .venv/bin/python -m bench.bench_matmulnbits
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import time
 
 import numpy as np
+
+from bench.common import argument_parser, in_turns, timings
 
 HEAD = (1024, 248320)  # K, N of the tied LM head
 LINEAR = (1024, 3584)  # K, N of an MLP up/gate projection
@@ -57,17 +57,13 @@ def name(case) -> str:
 def measure(shape: tuple[int, int], rows: int, cases, calls: int, threads: int) -> dict:
     sessions = {case: session(*shape, *case, threads) for case in cases}
     x = np.random.default_rng(1).random((rows, shape[0]), dtype=np.float32)
-    times = {case: [] for case in cases}
-    for _ in range(calls):
-        for case, s in sessions.items():
-            start = time.perf_counter()
-            s.run(None, {"x": x})
-            times[case].append(time.perf_counter() - start)
-    return {case: statistics.median(t) * 1e3 for case, t in times.items()}
+    calls_s = in_turns({case: (lambda s=s: timings(lambda: s.run(None, {"x": x}), 0, 1)[0])
+                        for case, s in sessions.items()}, calls)  # call by call
+    return {case: statistics.median(t) * 1e3 for case, t in calls_s.items()}
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argument_parser(__spec__.name, __doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)

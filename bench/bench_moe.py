@@ -12,19 +12,19 @@ Memory: the real shape's experts are ~3.2 GB at fp32, and the gather form
 materialises N·K expert matrices (~13 GB at T=128), so a cell whose gathered
 weights exceed `--max-gather-gb` is skipped with its reason.
 
-    .venv/bin/python bench/bench_moe.py                 # T=1 and T=128, real shape
-    .venv/bin/python bench/bench_moe.py --tokens 1 --repeats 3
-    .venv/bin/python bench/bench_moe.py --quick --json
+    .venv/bin/python -m bench.bench_moe                 # T=1 and T=128, real shape
+    .venv/bin/python -m bench.bench_moe --tokens 1 --repeats 3
+    .venv/bin/python -m bench.bench_moe --quick --json
 """
 
 import argparse
 import json
 import statistics
-import time
 from dataclasses import asdict, dataclass
 
 import torch
 
+from bench.common import argument_parser, timings
 from ops.moe import moe_dense, moe_gather
 
 
@@ -63,7 +63,9 @@ def make_weights(shape: MoeShape, seed: int = 0) -> tuple[torch.Tensor, ...]:
 def transformers_block(shape: MoeShape, weights: tuple[torch.Tensor, ...]) -> torch.nn.Module:
     """transformers' block sharing `weights` (built on meta, so no second copy of the experts)."""
     from transformers import Qwen3_5MoeTextConfig
-    from transformers.models.qwen3_5_moe.modeling_qwen3_5_moe import Qwen3_5MoeSparseMoeBlock
+    from transformers.models.qwen3_5_moe.modeling_qwen3_5_moe import (
+        Qwen3_5MoeSparseMoeBlock,
+    )
 
     config = Qwen3_5MoeTextConfig(
         hidden_size=shape.hidden,
@@ -87,18 +89,6 @@ def transformers_block(shape: MoeShape, weights: tuple[torch.Tensor, ...]) -> to
     }
     block.load_state_dict(params, assign=True)
     return block.eval()
-
-
-def time_ms(fn, warmup: int, repeats: int) -> tuple[list[float], torch.Tensor]:
-    """Wall-clock milliseconds of `repeats` calls after `warmup` (at least one), and fn's output."""
-    for _ in range(max(warmup, 1)):
-        out = fn()
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        runs.append((time.perf_counter() - start) * 1e3)
-    return runs, out
 
 
 def gathered_gb(shape: MoeShape, tokens: int) -> float:
@@ -125,7 +115,8 @@ def bench_tokens(shape, weights, block, tokens: int, args) -> list[dict]:
                 f"(> --max-gather-gb {args.max_gather_gb})"
             )
         else:
-            runs, out = time_ms(fn, args.warmup, args.repeats)
+            out = fn()  # the first warm-up call, whose output the forms are compared by
+            runs = [seconds * 1e3 for seconds in timings(fn, max(args.warmup - 1, 0), args.repeats)]
             first = out if first is None else first
             diff = (out - first).abs().max().item()  # the forms must agree, or the timing means nothing
             row.update(median_ms=statistics.median(runs), runs_ms=runs, max_abs_diff=diff)
@@ -150,7 +141,7 @@ def print_table(rows: list[dict]) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argument_parser(__spec__.name, __doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help=f"tiny config {TINY} instead of Qwen3.5-35B-A3B")
     p.add_argument("--tokens", type=int, nargs="+", default=[1, 128], help="token counts T (default 1 128)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")

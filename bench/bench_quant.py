@@ -1,16 +1,16 @@
 """Benchmark every quantization scheme x format at the 0.8B and 2B shapes, with the field's peers in the same run.
 
-Random weights of each preset (exporter.checkpoint.random_model + exporter.config.preset),
-written once as a multimodal-layout HF checkpoint (what ONNX Runtime GenAI's builder accepts;
-our loader and ExecuTorch's converter read it too). Then, each step in its own subprocess so
-that its wall time and peak RSS (os.wait4) are its own:
+Random weights of each preset, written once as an HF checkpoint that every peer reads
+(`bench.common.write_checkpoint`). Then, each step in its own process so that its wall time and
+peak RSS are its own (`bench.common.run_step`):
 
     export   ours: load + quantize + lower one scheme to one format (exporter.onnx / exporter.executorch),
              the text decoder alone (`--text-only`: the peers export no vision path either)
     run      ours: one prefill call of --prompt tokens, then --decode greedy steps (best of --repeats),
-             as an app (bench/memory.py: no memory locking); RSS read before the model loads too
-    peers    ONNX Runtime GenAI's model builder (-p int4, -p fp32; run with plain onnxruntime like ours)
-             and ExecuTorch's own export_llm Qwen3.5 path (fp32 and 8da4w; bench/upstream_executorch.py)
+             as an app (`bench.common.run_as_an_app`); RSS read before the model loads too
+    peers    ONNX Runtime GenAI's model builder (-p int4, -p fp32; run with plain onnxruntime like ours,
+             `bench.onnx_run`) and ExecuTorch's own export_llm Qwen3.5 path (fp32 and 8da4w;
+             `bench.upstream_executorch`)
 
 For each artifact: size, export time and peak RSS, prefill and decode tok/s, peak RSS while
 running (and that minus the RSS before the model loaded: the model's own), and the decode rate
@@ -22,31 +22,41 @@ by a read bandwidth measured in the same run (numpy sum over a 1 GiB array).
 This is a measuring tool, not a test: run it alone on the machine (a full run exports ~10
 schemes x 2 presets; one 2B ExecuTorch lowering takes 4-5 minutes on a 2-core AVX-512 host).
 
-    .venv/bin/python bench/bench_quant.py                          # 0.8b and 2b, every scheme, peers
-    .venv/bin/python bench/bench_quant.py --presets 0.8b --formats onnx --schemes 8da4w,8da4w+emb4
-    .venv/bin/python bench/bench_quant.py --presets 0.8b --formats pte --schemes 8da4w --upstream 8da4w
-    .venv/bin/python bench/bench_quant.py --presets 0.8b --formats pte,pte-llm --schemes 8da4w+emb4 --builder ""
-    .venv/bin/python bench/bench_quant.py --quick                  # tiny shapes: a smoke check
+    .venv/bin/python -m bench.bench_quant                          # 0.8b and 2b, every scheme, peers
+    .venv/bin/python -m bench.bench_quant --presets 0.8b --formats onnx --schemes 8da4w,8da4w+emb4
+    .venv/bin/python -m bench.bench_quant --presets 0.8b --formats pte --schemes 8da4w --upstream 8da4w
+    .venv/bin/python -m bench.bench_quant --presets 0.8b --formats pte,pte-llm --schemes 8da4w+emb4 --builder ""
+    .venv/bin/python -m bench.bench_quant --quick                  # tiny shapes: a smoke check
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import subprocess
+import math
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.memory import rss_bytes, run_as_an_app  # noqa: E402
+from bench.common import (
+    answer_step,
+    argument_parser,
+    executorch_runtime,
+    export_builder,
+    export_ours,
+    files_bytes,
+    hidden_options,
+    markdown_table,
+    pte_files,
+    rss_mb,
+    run_as_an_app,
+    run_step,
+    timings,
+    work_dir,
+    write_checkpoint,
+)
 
 # Scheme names as the tolerance table keys them: "+emb4" is the int4 embedding / LM head.
 SCHEMES = ("fp32", "fp16", "8w", "4w", "4w+emb4", "8da4w", "8da4w+emb4")
@@ -54,6 +64,7 @@ BUILDER_PRECISIONS = ("int4", "fp32")
 UPSTREAM_QUANTS = (None, "8da4w")
 # Formats: onnx, pte (kernels "stock"), pte-llm (the .pte with ExecuTorch's LLM custom ops, --pte-kernels llm).
 PTE_KERNELS = {"pte": "stock", "pte-llm": "llm"}
+ONNX_FILES, PTE_FILES = (".onnx", ".data"), (".pte", ".ptd")
 
 
 def split_scheme(name: str) -> tuple[str, int | None]:
@@ -62,71 +73,20 @@ def split_scheme(name: str) -> tuple[str, int | None]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Measured subprocesses
-# ---------------------------------------------------------------------------------------------------
-
-
-def measured(command: list[str], log: Path) -> dict:
-    """Run `command` (stdout+stderr to `log`); its last stdout line as JSON, wall seconds, the child's peak RSS."""
-    start = time.perf_counter()
-    with open(log, "w") as sink:
-        child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=sink, text=True)
-        out = child.stdout.read()
-        _, status, usage = os.wait4(child.pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(command[2:5])} failed; see {log}:\n{log.read_text()[-3000:]}")
-    lines = [line for line in out.splitlines() if line.startswith("{")]
-    return {**(json.loads(lines[-1]) if lines else {}), "wall_s": seconds, "peak_rss_mb": usage.ru_maxrss / 1024}
-
-
-def step(name: str, log: Path, **flags) -> dict:
-    command = [sys.executable, __file__, f"--step={name}"] + [f"--{k.replace('_', '-')}={v}" for k, v in flags.items()]
-    return measured(command, log)
-
-
-def files_bytes(path: Path, suffixes: tuple[str, ...]) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.suffix in suffixes)
-
-
-# ---------------------------------------------------------------------------------------------------
 # Steps, each in its own process
 # ---------------------------------------------------------------------------------------------------
-
-
-def step_checkpoint(args) -> dict:
-    import bench.bench_onnx as bench_onnx
-
-    bench_onnx.step_checkpoint(argparse.Namespace(preset=args.preset, out=args.out))
-    return {}
 
 
 def step_export(args) -> dict:
     """Ours: load the checkpoint, quantize and lower one scheme to one format (load included in the time)."""
     from exporter.artifact import ExportOptions
-    from exporter.checkpoint import load_model
-    from exporter.config import text_only
-
-    quant, bits = split_scheme(args.scheme)
-    config, model, _ = load_model(args.checkpoint)
-    config = text_only(config)  # the checkpoint is multimodal for the builder; the peers export the decoder alone
     from exporter.quantize import SCHEMES as OFFERED
 
+    quant, bits = split_scheme(args.scheme)
     group = int(args.group_size) if OFFERED[quant].grouped else None
     options = ExportOptions(max_seq_len=args.max_seq_len, prefill_chunk=args.prompt, quant=quant, group_size=group,
                             embedding_bits=bits, pte_kernels=PTE_KERNELS.get(args.format, "stock"))
-    out = Path(args.out)
-    if args.format == "onnx":
-        from exporter.onnx import export_onnx
-
-        details = export_onnx(model, config, out, options).details
-        quantization = details.get("quantization", {})
-    else:
-        from exporter.executorch import export_executorch
-        from exporter.quantize_executorch import quantize_for_executorch
-
-        quantization = quantize_for_executorch(model, options.recipe)
-        export_executorch(model, config, out, options)
+    _, quantization = export_ours(Path(args.checkpoint), Path(args.out), args.format.partition("-")[0], options)
     embedding = quantization.get("embedding") or {}
     return {"lookup_only_bytes": embedding.get("lookup_only_bytes", 0)}
 
@@ -134,7 +94,7 @@ def step_export(args) -> dict:
 def step_run(args) -> dict:
     """One prefill call of --prompt random ids, then --decode greedy steps; best of --repeats runs (as an app)."""
     run_as_an_app()
-    forward, runtime_rss = _onnx_forward(args) if args.format in ("onnx", "builder") else _pte_forward(args)
+    forward, runtime_rss_mb = _onnx_forward(args) if args.format in ("onnx", "builder") else _pte_forward(args)
     ids = np.random.default_rng(0).integers(0, args.vocab, size=args.prompt)
     prefill, decode = [], []
     for _ in range(args.repeats):
@@ -146,63 +106,44 @@ def step_run(args) -> dict:
             token = int(np.argmax(forward(np.array([token]), args.prompt + i)))
         decode.append(time.perf_counter() - start)
     return {"prefill_tok_s": args.prompt / min(prefill), "decode_tok_s": args.decode / min(decode),
-            "runtime_rss_mb": runtime_rss / 2**20}
+            "runtime_rss_mb": runtime_rss_mb}
 
 
 def _onnx_forward(args):
-    import onnxruntime as ort
+    """Ours or the builder's model on plain onnxruntime (`bench.onnx_run.GraphRunner`); the RSS before it loads."""
+    from bench.onnx_run import GraphRunner, onnx_session
 
-    from bench.bench_onnx import Runner
-    from exporter.config import preset
+    model = Path(args.out) / "model.onnx"
+    import onnxruntime  # noqa: F401  (before the RSS is read: the runtime's bindings are not the model's memory)
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
-    runtime_rss = rss_bytes()
-    session = ort.InferenceSession(str(Path(args.out) / "model.onnx"), options, providers=["CPUExecutionProvider"])
-    runner, state = Runner(session, head_dim=preset(args.preset).text.head_dim, model=Path(args.out) / "model.onnx"), {}
+    runtime_rss_mb = rss_mb()
+    runner = GraphRunner(onnx_session(model, args.threads), model)
 
     def forward(ids, pos, reset=False):
-        nonlocal state
         if reset:
-            state = runner.empty_state()
-        logits, state = runner.call(np.asarray(ids, np.int64)[None], state)
-        return logits[0]
+            runner.reset()
+        return runner.forward(ids, pos)
 
-    return forward, runtime_rss
+    return forward, runtime_rss_mb
 
 
 def _pte_forward(args):
+    """Our program on ExecuTorch's Python runtime; the RSS before it loads."""
     import torch
-    from executorch.extension.pybindings import portable_lib
-    from executorch.runtime import Runtime
 
-    import executorch.kernels.quantized  # noqa: F401  quantized embedding lookups
+    runtime = executorch_runtime(args.threads)
+    program, data = pte_files(Path(args.out))
+    runtime_rss_mb = rss_mb()
+    method = runtime.load_program(program, data_path=data).load_method("forward")
 
-    if PTE_KERNELS.get(args.format) == "llm":
-        from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401  llama::gated_delta_rule
-
-    portable_lib._unsafe_reset_threadpool(args.threads)
-    out = Path(args.out)
-    data = out / "model.ptd"
-    runtime_rss = rss_bytes()
-    method = Runtime.get().load_program(out / "model.pte", data_path=data if data.exists() else None).load_method("forward")
-
-    def forward(ids, pos, reset=False):  # input_pos 0 starts a new sequence (exporter/artifact.py)
+    def forward(ids, pos, reset=False):  # input_pos 0 starts a new sequence (runtime.contract)
         tokens = torch.as_tensor(np.asarray(ids, np.int64)).view(1, -1)
         return method.execute([tokens, torch.tensor([pos])])[0].float().numpy()[0]
 
-    return forward, runtime_rss
+    return forward, runtime_rss_mb
 
 
-def step_builder(args) -> dict:
-    import runpy
-
-    sys.argv = ["builder", "-m", args.checkpoint, "-o", args.out, "-p", args.precision, "-e", "cpu"]
-    runpy.run_module("onnxruntime_genai.models.builder", run_name="__main__")
-    return {}
-
-
-STEPS = {"checkpoint": step_checkpoint, "export": step_export, "run": step_run, "builder": step_builder}
+STEPS = {"export": step_export, "run": step_run}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -213,14 +154,7 @@ STEPS = {"checkpoint": step_checkpoint, "export": step_export, "run": step_run, 
 def read_bandwidth_gbs(gib: float, repeats: int = 5) -> float:
     """Best of `repeats` numpy sums over a `gib` GiB float32 array: this machine's read bandwidth, GB/s."""
     data = np.ones(int(gib * 2**30) // 4, dtype=np.float32)
-    best = min(_timed(data.sum) for _ in range(repeats))
-    return data.nbytes / best / 1e9
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    return data.nbytes / min(timings(data.sum, 0, repeats)) / 1e9
 
 
 def onnx_read_adjustment(out: Path) -> int:
@@ -252,12 +186,12 @@ def onnx_read_adjustment(out: Path) -> int:
 
 def state_bytes(preset_name: str) -> int:
     """DeltaNet recurrent and conv states read and written per token (fp32)."""
-    from exporter.config import FULL, preset
+    from exporter.config import preset
+    from runtime.contract import state_names, state_shape
 
-    t = preset(preset_name).text
-    linear = sum(kind != FULL for kind in t.layer_types)
-    per_layer = t.linear_num_value_heads * t.linear_key_head_dim * t.linear_value_head_dim + t.conv_dim * 3
-    return 2 * 4 * linear * per_layer
+    text = preset(preset_name).text
+    elements = sum(math.prod(state_shape(text, part)) for _, part in state_names(text) if part in ("conv", "recurrent"))
+    return 2 * 4 * elements
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -265,11 +199,12 @@ def state_bytes(preset_name: str) -> int:
 # ---------------------------------------------------------------------------------------------------
 
 
-def run_and_record(entry: dict, out: Path, work: Path, args, preset: str, fmt: str, vocab: int) -> dict:
-    run = step("run", work / f"{out.name}.run.log", out=out, format=fmt, preset=preset, prompt=args.prompt,
-               decode=args.decode, repeats=args.repeats, threads=args.threads, vocab=vocab)
+def run_and_record(entry: dict, out: Path, work: Path, args, fmt: str, vocab: int) -> dict:
+    run = run_step(__spec__.name, "run", log=work / f"{out.name}.run.log", out=out, format=fmt, prompt=args.prompt,
+                   decode=args.decode, repeats=args.repeats, threads=args.threads, vocab=vocab)
     entry.update(prefill_tok_s=run["prefill_tok_s"], decode_tok_s=run["decode_tok_s"],
                  run_peak_rss_mb=run["peak_rss_mb"], runtime_rss_mb=run["runtime_rss_mb"])
+    print(json.dumps(entry), file=sys.stderr, flush=True)  # progress: a full run takes an hour
     return entry
 
 
@@ -282,31 +217,35 @@ def bench_ours(preset: str, checkpoint: Path, work: Path, args, vocab: int) -> l
             if fmt.partition("-")[0] not in OFFERED[split_scheme(scheme)[0]].runs:
                 continue
             out = work / f"{preset}-{scheme}-{fmt}"
-            exported = step("export", work / f"{out.name}.export.log", checkpoint=checkpoint, out=out, format=fmt,
-                            scheme=scheme, prompt=args.prompt, max_seq_len=args.max_seq_len,
-                            group_size=args.group_size)
-            size = files_bytes(out, (".onnx", ".data", ".pte", ".ptd"))
+            exported = run_step(__spec__.name, "export", log=work / f"{out.name}.export.log", checkpoint=checkpoint,
+                                out=out, format=fmt, scheme=scheme, prompt=args.prompt, max_seq_len=args.max_seq_len,
+                                group_size=args.group_size)
+            size = files_bytes(out, ONNX_FILES + PTE_FILES)
             entry = {"preset": preset, "who": "ours", "format": fmt, "scheme": scheme, "size_mb": size / 1e6,
                      "export_s": exported["wall_s"], "export_peak_rss_mb": exported["peak_rss_mb"],
                      "bytes_per_token": size - exported["lookup_only_bytes"] + state_bytes(preset)
                      + (onnx_read_adjustment(out) if fmt == "onnx" else 0)}
-            entries.append(run_and_record(entry, out, work, args, preset, fmt, vocab))
-            print(json.dumps(entries[-1]), file=sys.stderr, flush=True)
+            entries.append(run_and_record(entry, out, work, args, fmt, vocab))
     return entries
 
 
 def bench_peers(preset: str, checkpoint: Path, work: Path, args, vocab: int, hidden: int) -> list[dict]:
-    from bench.upstream_executorch import export_stats, export_upstream, program_bytes, run_upstream
+    from bench.upstream_executorch import (
+        export_stats,
+        export_upstream,
+        program_bytes,
+        run_upstream,
+    )
 
     entries = []
     for precision in args.builder if "onnx" in args.formats else ():
         out = work / f"{preset}-builder-{precision}"
-        exported = step("builder", work / f"{out.name}.log", checkpoint=checkpoint, out=out, precision=precision)
-        size = files_bytes(out, (".onnx", ".data"))
+        exported = export_builder(checkpoint, out, precision, log=work / f"{out.name}.log")
+        size = files_bytes(out, ONNX_FILES)
         entry = {"preset": preset, "who": "ORT GenAI builder", "format": "onnx", "scheme": f"-p {precision}",
                  "size_mb": size / 1e6, "export_s": exported["wall_s"], "export_peak_rss_mb": exported["peak_rss_mb"],
                  "bytes_per_token": size + state_bytes(preset) + onnx_read_adjustment(out)}  # one tied copy
-        entries.append(run_and_record(entry, out, work, args, preset, "builder", vocab))
+        entries.append(run_and_record(entry, out, work, args, "builder", vocab))
     for quant in args.upstream if "pte" in args.formats else ():
         out = work / f"{preset}-export_llm-{quant or 'fp32'}"
         pte = export_upstream(checkpoint, out, quant=quant, max_seq_len=args.max_seq_len, group_size=args.group_size)
@@ -314,13 +253,13 @@ def bench_peers(preset: str, checkpoint: Path, work: Path, args, vocab: int, hid
         run = run_upstream(pte, prompt_len=args.prompt, gen_len=args.decode, threads=args.threads,
                            repeats=max(2, args.repeats))
         lookup = vocab * hidden * (1 if quant else 4)  # its embedding table is a copy beside the (tied) output layer
-        entries.append({"preset": preset, "who": "ExecuTorch export_llm", "format": "pte", "scheme": f"{quant} g{args.group_size}" if quant else "fp32",
+        entries.append({"preset": preset, "who": "ExecuTorch export_llm", "format": "pte",
+                        "scheme": f"{quant} g{args.group_size}" if quant else "fp32",
                         "size_mb": size / 1e6, "export_s": stats["export_seconds"],
-                        "export_peak_rss_mb": stats["export_peak_rss_bytes"] / 2**20,
+                        "export_peak_rss_mb": stats["export_peak_rss_mb"],
                         "bytes_per_token": size - lookup + state_bytes(preset),
                         "prefill_tok_s": run["prefill_tok_s"], "decode_tok_s": run["decode_tok_s"],
-                        "run_peak_rss_mb": run["run_peak_rss_bytes"] / 2**20,
-                        "runtime_rss_mb": run["runtime_rss_bytes"] / 2**20,
+                        "run_peak_rss_mb": run["peak_rss_mb"], "runtime_rss_mb": run["runtime_rss_mb"],
                         "note": "prefill token by token (its forward takes [1, 1])"})
     return entries
 
@@ -332,9 +271,7 @@ def measure(args, work: Path) -> dict:
               "prompt": args.prompt, "decode": args.decode, "entries": []}
     for name in args.presets:
         text = preset_config(name).text
-        checkpoint = work / f"{name}-checkpoint"
-        if not checkpoint.exists():
-            step("checkpoint", work / f"{name}-checkpoint.log", preset=name, out=checkpoint)
+        checkpoint = write_checkpoint(preset_config(name), work / f"{name}-checkpoint")
         report["entries"] += bench_ours(name, checkpoint, work, args, text.vocab_size)
         if not args.skip_peers:
             report["entries"] += bench_peers(name, checkpoint, work, args, text.vocab_size, text.hidden_size)
@@ -353,20 +290,17 @@ COLUMNS = [("preset", "preset", "{}"), ("who", "who", "{}"), ("format", "format"
 
 
 def format_report(report: dict) -> str:
-    rows = [[title for title, _, _ in COLUMNS]]
+    rows = []
     for e in report["entries"]:
         values = {**e, "bytes_per_token": e["bytes_per_token"] / 1e6}
         rows.append([fmt.format(values[key]) for _, key, fmt in COLUMNS])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     head = (f"read bandwidth {report['bandwidth_gbs']:.1f} GB/s (numpy sum); {report['threads']} threads; "
             f"prefill {report['prompt']} tokens in one call, decode {report['decode']} tokens")
-    return head + "\n\n" + "\n".join(lines)
+    return head + "\n\n" + markdown_table([title for title, _, _ in COLUMNS], rows)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argument_parser(__spec__.name, __doc__.split("\n\n")[0])
     parser.add_argument("--presets", default="0.8b,2b")
     parser.add_argument("--schemes", default=",".join(SCHEMES))
     parser.add_argument("--formats", default="onnx,pte")
@@ -378,17 +312,16 @@ def main(argv=None) -> None:
     parser.add_argument("--group-size", type=int, default=32, help="int4 group size, ours and export_llm's 8da4w")
     parser.add_argument("--bandwidth-gib", type=float, default=1.0)
     parser.add_argument("--skip-peers", action="store_true")
-    parser.add_argument("--builder", default=",".join(BUILDER_PRECISIONS), help="the builder's precisions to run (onnx)")
+    parser.add_argument("--builder", default=",".join(BUILDER_PRECISIONS),
+                        help="the builder's precisions to run (onnx)")
     parser.add_argument("--upstream", default="fp32,8da4w", help="export_llm's schemes to run (pte): fp32, 8da4w")
     parser.add_argument("--quick", action="store_true", help="tiny preset, short prompt: a smoke check")
-    parser.add_argument("--work", help="working directory (default: a temporary one, removed after)")
+    parser.add_argument("--work", help="working directory, kept (default: a temporary one, removed after)")
     parser.add_argument("--json", help="also write the report here")
-    for hidden in ("step", "checkpoint", "out", "format", "scheme", "preset", "precision"):
-        parser.add_argument(f"--{hidden}", help=argparse.SUPPRESS)
+    hidden_options(parser, "checkpoint", "out", "format", "scheme")
     parser.add_argument("--vocab", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.step:
-        print(json.dumps(STEPS[args.step](args)))
+    if answer_step(args, STEPS):
         return
     if args.quick:
         args.presets, args.prompt, args.decode, args.repeats, args.bandwidth_gib = "tiny", 16, 8, 1, 0.25
@@ -400,13 +333,8 @@ def main(argv=None) -> None:
     if unknown:
         parser.error(f"unknown peer scheme(s) {sorted(map(str, unknown))}: --builder takes int4, fp32; "
                      "--upstream takes fp32, 8da4w")
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-quant-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_dir(args.work, "bench-quant-") as work:
         report = measure(args, work)
-    finally:
-        if not args.work:
-            shutil.rmtree(work, ignore_errors=True)
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")

@@ -9,18 +9,16 @@ PyTorch tower measured in the same run, and every figure is printed as a ratio t
 
 A measuring tool, not a test; run it alone on the machine.
 
-    .venv/bin/python bench/bench_vision.py                 # 448 x 448 image, 2 threads
-    .venv/bin/python bench/bench_vision.py --size 448 672  # another image size
-    .venv/bin/python bench/bench_vision.py --quick         # the tiny oracle-sized tower: a smoke run
+    .venv/bin/python -m bench.bench_vision                 # 448 x 448 image, 2 threads
+    .venv/bin/python -m bench.bench_vision --size 448 672  # another image size
+    .venv/bin/python -m bench.bench_vision --quick         # the tiny oracle-sized tower: a smoke run
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,20 +26,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench_gated_delta_rule import median_ms  # noqa: E402  (this script's own folder is on sys.path)
-from exporter.artifact import ExportOptions  # noqa: E402
-from exporter.checkpoint import random_vision  # noqa: E402
-from exporter.config import VISION_0_8B, VisionConfig, preset  # noqa: E402
-from exporter.vision_export import (  # noqa: E402
-    INPUT_NAMES,
-    VISION_METHOD,
+from bench.common import argument_parser, median_ms
+from bench.onnx_run import onnx_session
+from exporter.artifact import ExportOptions
+from exporter.checkpoint import random_vision
+from exporter.config import VISION_0_8B, preset
+from exporter.vision.export import (
     example_inputs,
     export_vision_executorch,
     export_vision_onnx,
 )
+from runtime.config import VisionConfig
+from runtime.contract import VISION_INPUTS, VISION_METHOD
 
 VARIANTS = [("onnx", "fp32"), ("onnx", "8w"), ("onnx", "4w"), ("pte", "fp32"), ("pte", "8da4w")]
 QUICK_VISION = VisionConfig(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=64,
@@ -54,12 +50,8 @@ def median_s(fn, warmup: int, repeats: int) -> float:
 
 def runner(fmt: str, out: Path, files: list[str], threads: int):
     if fmt == "onnx":
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(out / files[0]), options, providers=["CPUExecutionProvider"])
-        return lambda inputs: session.run(None, dict(zip(INPUT_NAMES, inputs)))[0]
+        session = onnx_session(out / files[0], threads)
+        return lambda inputs: session.run(None, dict(zip(VISION_INPUTS, inputs)))[0]
     from executorch.runtime import Runtime
 
     program = Runtime.get().load_program(str(out / files[0]), data_path=str(out / files[1]))
@@ -68,7 +60,7 @@ def runner(fmt: str, out: Path, files: list[str], threads: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argument_parser(__spec__.name, __doc__.splitlines()[0])
     parser.add_argument("--size", type=int, nargs=2, default=(448, 448), metavar=("H", "W"), help="image pixels")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)

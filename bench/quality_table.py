@@ -7,36 +7,37 @@ next-token distributions, greedy agreement over 32 tokens on 8 prompts) and prin
 artifact: size, perplexity and its change, top-1, KL, greedy agreement, and whether it met its
 bounds (`runtime.tolerances`).
 
-    .venv/bin/python bench/quality_table.py                       # every scheme, both formats
-    .venv/bin/python bench/quality_table.py --formats onnx --schemes 8w,8da4w
-    .venv/bin/python bench/quality_table.py --json table.json --work /tmp/quality   # keep the bundles
+    .venv/bin/python -m bench.quality_table                       # every scheme, both formats
+    .venv/bin/python -m bench.quality_table --formats onnx --schemes 8w,8da4w
+    .venv/bin/python -m bench.quality_table --json table.json --work /tmp/quality   # keep the bundles
 
-Fixtures are found as the tests find them (`QWEN_EDGE_FIXTURES`, default ../shared/fixtures).
-A measuring tool: it exits 1 if any artifact misses its bounds.
+The trained fixture is found through `QWEN_EDGE_FIXTURES` (default: `../shared/fixtures` from the
+repository root), the directory the tests read too. A measuring tool: it exits 1 if any artifact
+misses its bounds.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
+import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench.common import REPO, argument_parser, markdown_table, work_dir
 
 # (scheme, embedding bits) rows, in table order; None: the scheme's own embedding precision.
 CONFIGS = [("fp32", None), ("fp16", None), ("8w", None), ("4w", 8), ("4w", 4), ("8da4w", 8), ("8da4w", 4)]
 COLUMNS = ("scheme", "format", "size MB", "ppl", "ref ppl", "d ppl", "top-1", "KL", "greedy", "bounds")
 
 
-def fixtures() -> Path:
-    from tests.conftest import fixtures_dir
-
-    return fixtures_dir()
+def fixture(relative: str) -> Path:
+    """A shared fixture's path; exits naming the path and the variable if it is missing."""
+    root = Path(os.environ.get("QWEN_EDGE_FIXTURES", REPO.parent / "shared" / "fixtures")).resolve()
+    path = root / relative
+    if not path.exists():
+        sys.exit(f"fixture not found: {path}; set QWEN_EDGE_FIXTURES to the directory holding {relative}")
+    return path
 
 
 def export_and_validate(quant: str, bits: int | None, formats: list[str], work: Path, args) -> list[dict]:
@@ -50,13 +51,12 @@ def export_and_validate(quant: str, bits: int | None, formats: list[str], work: 
         return []
     options = ExportOptions(max_seq_len=args.max_seq_len, prefill_chunk=args.prefill_chunk, quant=quant,
                             group_size=args.group_size if SCHEMES[quant].grouped else None, embedding_bits=bits)
-    out = work / f"{quant}-emb{bits or '-'}"
+    out, checkpoint = work / f"{quant}-emb{bits or '-'}", fixture("qwen35-tiny-code")
     start = time.perf_counter()
-    export_bundle(str(fixtures() / "qwen35-tiny-code"), out, formats=offered, options=options, validate=False,
-                  force=True)
+    export_bundle(str(checkpoint), out, formats=offered, options=options, validate=False, force=True)
     exported = time.perf_counter() - start
-    report = validate_bundle(out, offered, model=fixtures() / "qwen35-tiny-code",
-                             eval_tokens=fixtures() / "heldout-stdlib-tokens.npy", eval_max_tokens=args.eval_tokens)
+    report = validate_bundle(out, offered, model=checkpoint, eval_tokens=fixture("heldout-stdlib-tokens.npy"),
+                             eval_max_tokens=args.eval_tokens)
     for entry in report["artifacts"]:
         entry["export_s"] = round(exported, 1)
         entry["failed_checks"] = [c["name"] for c in entry["checks"] if c["passed"] is False]
@@ -71,16 +71,8 @@ def row(entry: dict) -> list[str]:
             f"{entry['greedy_agreement']:.3f}", "met" if entry["passed"] else "MISS: " + "; ".join(entry["failed_checks"])]
 
 
-def table(entries: list[dict]) -> str:
-    rows = [list(COLUMNS)] + [row(e) for e in entries]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
-
-
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argument_parser(__spec__.name, __doc__.split("\n\n")[0])
     parser.add_argument("--formats", default="onnx,pte", help="comma-separated (default onnx,pte)")
     parser.add_argument("--schemes", default=None, help="comma-separated scheme names (default: all)")
     parser.add_argument("--group-size", type=int, default=32, help="int4 group size (the fixture's hidden 96 takes 32)")
@@ -92,20 +84,18 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     chosen = set(args.schemes.split(",")) if args.schemes else None
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="quality-"))
+    for needed in ("qwen35-tiny-code", "heldout-stdlib-tokens.npy"):
+        fixture(needed)  # a missing fixture is reported before any export, not after the first
     entries = []
-    try:
+    with work_dir(args.work, "quality-") as work:
         for quant, bits in CONFIGS:
             if chosen is None or quant in chosen:
                 done = export_and_validate(quant, bits, formats, work, args)
                 entries += done
                 for entry in done:  # progress: a long run (ExecuTorch lowerings take minutes each)
                     print(" | ".join(row(entry)), file=sys.stderr, flush=True)
-    finally:
-        if not args.work:
-            shutil.rmtree(work, ignore_errors=True)
     print(f"trained fixture qwen35-tiny-code, {args.eval_tokens} held-out tokens, group size {args.group_size}\n")
-    print(table(entries))
+    print(markdown_table(list(COLUMNS), [row(e) for e in entries]))
     if args.json:
         Path(args.json).write_text(json.dumps(entries, indent=1) + "\n")
     return 0 if all(e["passed"] for e in entries) else 1

@@ -30,15 +30,14 @@ The program has one method, `forward(tokens [1, 1] int64, input_pos [1] int64) -
 (static shape: upstream prefills a prompt token by token), with the KV caches and DeltaNet states
 as mutable buffers; DeltaNet state resets when input_pos is 0. Outside the XNNPACK delegates it
 calls `llama::custom_sdpa`, `llama::update_cache` and `llama::gated_delta_rule`, whose ExecuTorch
-kernels live in the wheel's `extension/llm/custom_ops/libcustom_ops_aot_lib.so`: importing
-`executorch.extension.llm.custom_ops.custom_ops` loads it (`register_custom_ops`). Importing this
-module does that (when executorch is installed), so `import bench.upstream_executorch` is enough
-for a caller that then loads the program with `executorch.runtime`.
+kernels live in the wheel's `extension/llm/custom_ops/libcustom_ops_aot_lib.so`, and its 8da4w
+programs `quantized_decomposed::embedding_byte`: `bench.common.executorch_runtime` registers both
+libraries, for every program alike, as an LLM app links them.
 
-Export and run each happen in a subprocess, measured with os.wait4: wall time and the child's own
-peak RSS (its waited-for descendants included).
+The export's two commands (`bench.common.run_module`) and the run (`--step=run`) are each a step in a
+fresh interpreter, measured alike: wall time and peak RSS (`bench.common.peak_rss_mb`).
 
-    .venv/bin/python bench/upstream_executorch.py --hf-dir CKPT --out DIR [--quant 8da4w] \\
+    .venv/bin/python -m bench.upstream_executorch --hf-dir CKPT --out DIR [--quant 8da4w] \\
         [--prompt-len 128 --gen-len 64 --threads 2] [--parity]
 
 prints one JSON line. `--parity` also loads the checkpoint into our reference model
@@ -51,17 +50,26 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from bench.common import (
+    answer_step,
+    argument_parser,
+    executorch_runtime,
+    rss_mb,
+    run_as_an_app,
+    run_module,
+    run_step,
+)
+from runtime.config import FULL, LINEAR
+
 STATS_FILE = "upstream_export.json"
-LINEAR, FULL = "linear_attention", "full_attention"
+CONVERT_WEIGHTS = "executorch.examples.models.qwen3_5.convert_weights"
+EXPORT_LLM = "executorch.extension.llm.export.export_llm"
 QUANT_MODES = (None, "8da4w")
 
 
@@ -145,34 +153,14 @@ def upstream_yaml() -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Measured subprocesses
-# ---------------------------------------------------------------------------------------------------
-
-
-def _measured(command: list[str], *, cwd: Path, log: Path) -> dict:
-    """Run `command`, stdout+stderr to `log`; wall seconds and peak RSS (bytes) of that child alone."""
-    start = time.perf_counter()
-    with open(log, "w") as sink:
-        child = subprocess.Popen(command, cwd=cwd, stdout=sink, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
-    seconds = time.perf_counter() - start
-    if child.returncode != 0:
-        tail = log.read_text(errors="replace")[-4000:]
-        raise RuntimeError(f"{' '.join(command[:4])} ... failed ({child.returncode}); {log}:\n{tail}")
-    return {"seconds": seconds, "peak_rss_bytes": usage.ru_maxrss * 1024}  # Linux reports KiB
-
-
-# ---------------------------------------------------------------------------------------------------
 # Export
 # ---------------------------------------------------------------------------------------------------
 
 
-def export_command(params_json: Path, checkpoint: Path, out_dir: Path, name: str, *, quant: str | None,
-                   max_seq_len: int, group_size: int, model_class: str = "qwen3_5_0_8b") -> list[str]:
-    """The export_llm invocation: upstream's README recipe plus checkpoint, output and KV capacity."""
+def export_arguments(params_json: Path, checkpoint: Path, out_dir: Path, name: str, *, quant: str | None,
+                     max_seq_len: int, group_size: int, model_class: str = "qwen3_5_0_8b") -> list[str]:
+    """`python -m EXPORT_LLM`'s arguments: upstream's README recipe plus checkpoint, output and KV capacity."""
     command = [
-        sys.executable, "-m", "executorch.extension.llm.export.export_llm",
         "--config", str(upstream_yaml()),
         f"+base.model_class={model_class}",
         f"+base.params={params_json}",
@@ -194,9 +182,9 @@ def export_upstream(hf_dir: Path, out_dir: Path, *, quant: str | None = None, ma
                     group_size: int | None = None, keep_intermediates: bool = False) -> Path:
     """Convert `hf_dir` with upstream's convert_weights, export it with export_llm; the .pte's path.
 
-    Both steps run in their own subprocess; their wall time and peak RSS go to
+    Both commands run in their own process; their wall time and peak RSS go to
     `out_dir/upstream_export.json` (see `export_stats`): export_seconds (both steps),
-    export_peak_rss_bytes (the larger), and each step's own figures.
+    export_peak_rss_mb (the larger), and each step's own figures.
     """
     if quant not in QUANT_MODES:
         raise ValueError(f"quant {quant!r}: choose one of {QUANT_MODES}")
@@ -216,13 +204,10 @@ def export_upstream(hf_dir: Path, out_dir: Path, *, quant: str | None = None, ma
         params_json, checkpoint = work / "params.json", work / "checkpoint.pth"
         params_json.write_text(json.dumps(params, indent=1) + "\n")
         shutil.copy(params_json, out_dir / "upstream_params.json")
-        convert = _measured(
-            [sys.executable, "-m", "executorch.examples.models.qwen3_5.convert_weights", str(hf_dir), str(checkpoint)],
-            cwd=work, log=out_dir / "upstream_convert.log",
-        )
-        command = export_command(params_json, checkpoint, out_dir, name, quant=quant, max_seq_len=max_seq_len,
-                                 group_size=group_size, model_class=_model_class(params))
-        export = _measured(command, cwd=work, log=out_dir / "upstream_export.log")
+        convert = run_module(CONVERT_WEIGHTS, [hf_dir, checkpoint], cwd=work, log=out_dir / "upstream_convert.log")
+        arguments = export_arguments(params_json, checkpoint, out_dir, name, quant=quant, max_seq_len=max_seq_len,
+                                     group_size=group_size, model_class=_model_class(params))
+        export = run_module(EXPORT_LLM, arguments, cwd=work, log=out_dir / "upstream_export.log")
     finally:
         if keep_intermediates:
             print(f"upstream intermediates kept in {work}", file=sys.stderr)
@@ -235,14 +220,14 @@ def export_upstream(hf_dir: Path, out_dir: Path, *, quant: str | None = None, ma
         "quant": quant or "fp32",
         "group_size": group_size if quant else None,
         "max_seq_len": max_seq_len,
-        "export_seconds": convert["seconds"] + export["seconds"],
-        "export_peak_rss_bytes": max(convert["peak_rss_bytes"], export["peak_rss_bytes"]),
-        "convert_seconds": convert["seconds"],
-        "convert_peak_rss_bytes": convert["peak_rss_bytes"],
-        "export_llm_seconds": export["seconds"],
-        "export_llm_peak_rss_bytes": export["peak_rss_bytes"],
+        "export_seconds": convert["wall_s"] + export["wall_s"],
+        "export_peak_rss_mb": max(convert["peak_rss_mb"], export["peak_rss_mb"]),
+        "convert_seconds": convert["wall_s"],
+        "convert_peak_rss_mb": convert["peak_rss_mb"],
+        "export_llm_seconds": export["wall_s"],
+        "export_llm_peak_rss_mb": export["peak_rss_mb"],
         "pte_bytes": program_bytes(pte),
-        "command": [a if i else "python" for i, a in enumerate(command)],
+        "command": ["python", "-m", EXPORT_LLM, *arguments],
     }
     (out_dir / STATS_FILE).write_text(json.dumps(stats, indent=1) + "\n")
     return pte
@@ -264,20 +249,6 @@ def program_bytes(pte: Path) -> int:
 # ---------------------------------------------------------------------------------------------------
 
 
-def register_custom_ops() -> None:
-    """Register the out-of-tree kernels upstream's programs call with ExecuTorch's Python runtime.
-
-    llama::custom_sdpa, llama::update_cache, llama::gated_delta_rule (every program): the wheel's
-    extension/llm/custom_ops/libcustom_ops_aot_lib.so, loaded by importing custom_ops.py.
-    quantized_decomposed::embedding_byte (8da4w programs, int8 embedding): the wheel's
-    kernels/quantized/libquantized_ops_aot_lib.so, loaded by importing executorch.kernels.quantized.
-    Each library registers both the PyTorch ops and their ExecuTorch kernels (in portable_lib).
-    """
-    from executorch.extension.pybindings import portable_lib  # noqa: F401  # usort: skip
-    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
-    import executorch.kernels.quantized  # noqa: F401
-
-
 def prompt_ids(n: int, vocab: int, seed: int = 0):
     """The benchmark prompt: `n` ids drawn uniformly from the vocabulary (numpy, seeded)."""
     import numpy as np
@@ -287,45 +258,31 @@ def prompt_ids(n: int, vocab: int, seed: int = 0):
 
 def run_upstream(pte: Path, *, prompt_len: int = 128, gen_len: int = 64, threads: int = 2, repeats: int = 2,
                  seed: int = 0, logits_path: Path | None = None) -> dict:
-    """Prefill `prompt_len` random ids and decode `gen_len` greedy tokens with upstream's program, in a subprocess.
+    """Prefill `prompt_len` random ids and decode `gen_len` greedy tokens with upstream's program, in a step.
 
     The sequence runs `repeats` (>= 2) times from position 0; tok/s are the best run's. Returns
-    prefill_tok_s, decode_tok_s, run_peak_rss_bytes (the child's own, run as an app: bench/memory.py),
-    runtime_rss_bytes (before the program loads), load_seconds, the runs' times, finite (all logits
-    finite) and deterministic (every run gave identical logits and tokens). With `logits_path`, the last prompt position's logits are saved there (.npy).
+    prefill_tok_s, decode_tok_s, peak_rss_mb (the step's, run as an app), runtime_rss_mb (before the
+    program loads), load_seconds, the runs' times, finite (all logits finite) and deterministic
+    (every run gave identical logits and tokens). With `logits_path`, the last prompt position's
+    logits are saved there (.npy).
     """
     if repeats < 2:
         raise ValueError("repeats: at least 2 (the second run checks determinism)")
-    pte = Path(pte).resolve()
-    with tempfile.TemporaryDirectory(prefix="qwen35-upstream-run-") as tmp:
-        result_file = Path(tmp) / "result.json"
-        command = [sys.executable, str(Path(__file__).resolve()), "_run", str(pte), f"--prompt-len={prompt_len}",
-                   f"--gen-len={gen_len}", f"--threads={threads}", f"--repeats={repeats}", f"--seed={seed}",
-                   f"--result={result_file}"]
-        if logits_path:
-            command.append(f"--logits={Path(logits_path).resolve()}")
-        measured = _measured(command, cwd=Path(tmp), log=Path(tmp) / "run.log")
-        result = json.loads(result_file.read_text())
-    result["run_peak_rss_bytes"] = measured["peak_rss_bytes"]
-    return result
+    logits = Path(logits_path).resolve() if logits_path else None
+    return run_step(__spec__.name, "run", pte=Path(pte).resolve(), prompt_len=prompt_len, gen_len=gen_len,
+                    threads=threads, repeats=repeats, seed=seed, logits=logits)
 
 
-def _run_child(args) -> None:
-    """In the measuring subprocess: load, prefill token by token (static [1, 1] forward), decode greedily."""
+def step_run(args) -> dict:
+    """Load, prefill token by token (upstream's forward is a static [1, 1]), decode greedily; as an app."""
     import numpy as np
     import torch
-    from executorch.extension.pybindings import portable_lib
-    from executorch.runtime import Runtime
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the repository root
-    from bench.memory import rss_bytes, run_as_an_app
 
     run_as_an_app()
-    register_custom_ops()
-    portable_lib._unsafe_reset_threadpool(args.threads)
-    runtime_rss_bytes = rss_bytes()
+    runtime = executorch_runtime(args.threads)
+    runtime_rss_mb = rss_mb()
     start = time.perf_counter()
-    program = Runtime.get().load_program(Path(args.pte))
+    program = runtime.load_program(Path(args.pte))
     method = program.load_method("forward")
     load_seconds = time.perf_counter() - start
     meta = method.metadata
@@ -359,10 +316,8 @@ def _run_child(args) -> None:
     first = runs[0]
     if args.logits:
         np.save(args.logits, first["logits"][0])
-    result = {
-        "prompt_len": args.prompt_len,
-        "gen_len": args.gen_len,
-        "threads": args.threads,
+    return {
+        **{key: getattr(args, key) for key in ("prompt_len", "gen_len", "threads")},
         "vocab": vocab,
         "load_seconds": load_seconds,
         "prefill_tok_s": args.prompt_len / min(r["prefill_s"] for r in runs),
@@ -373,16 +328,8 @@ def _run_child(args) -> None:
         "deterministic": all(np.array_equal(r["logits"], first["logits"]) and r["tokens"] == first["tokens"]
                              for r in runs[1:]),
         "generated": first["tokens"][:16],
-        "self_peak_rss_bytes": _self_peak_rss_bytes(),
-        "runtime_rss_bytes": runtime_rss_bytes,
+        "runtime_rss_mb": runtime_rss_mb,
     }
-    Path(args.result).write_text(json.dumps(result))
-
-
-def _self_peak_rss_bytes() -> int:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -394,8 +341,6 @@ def reference_logits(hf_dir: Path, ids):
     """Last-position fp32 logits (numpy) of our reference model (exporter.model.Qwen35Model) on `ids`."""
     import torch
 
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
     from exporter.checkpoint import load_model
 
     _, model, _ = load_model(hf_dir, dtype=torch.float32)
@@ -410,19 +355,9 @@ def reference_logits(hf_dir: Path, ids):
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["_run"]:
-        child = argparse.ArgumentParser()
-        child.add_argument("pte")
-        for flag in ("--prompt-len", "--gen-len", "--threads", "--repeats", "--seed"):
-            child.add_argument(flag, type=int, required=True)
-        child.add_argument("--result", required=True)
-        child.add_argument("--logits")
-        _run_child(child.parse_args(argv[1:]))
-        return
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hf-dir", type=Path, required=True, help="HF-layout checkpoint: config.json + safetensors")
-    parser.add_argument("--out", type=Path, required=True, help="output directory for the .pte and logs")
+    parser = argument_parser(__spec__.name, __doc__.split("\n\n")[0])
+    parser.add_argument("--hf-dir", type=Path, help="HF-layout checkpoint: config.json + safetensors (required)")
+    parser.add_argument("--out", type=Path, help="output directory for the .pte and logs (required)")
     parser.add_argument("--quant", choices=["8da4w"], help="upstream's 8da4w linears + int8 embedding (default: fp32)")
     parser.add_argument("--group-size", type=int, help="8da4w group size (default: 128 where it divides, else 32)")
     parser.add_argument("--max-seq-len", type=int, default=256, help="KV capacity of the program")
@@ -433,7 +368,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-export", action="store_true", help="reuse the .pte already in --out")
     parser.add_argument("--parity", action="store_true",
                         help="also compare the last prompt logits with our reference model on the same ids")
+    for name, kind in (("step", str), ("pte", str), ("seed", int), ("logits", str)):
+        parser.add_argument(f"--{name}", type=kind, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if answer_step(args, {"run": step_run}):
+        return
+    if not (args.hf_dir and args.out):
+        parser.error("--hf-dir and --out are required")
     name = f"qwen3_5_upstream_{args.quant or 'fp32'}.pte"
     if args.skip_export:
         pte = args.out / name
@@ -445,21 +386,11 @@ def main(argv: list[str] | None = None) -> None:
     run = run_upstream(pte, prompt_len=args.prompt_len, gen_len=args.gen_len, threads=args.threads,
                        repeats=args.repeats, logits_path=logits_path)
     report = {
-        "quant": stats["quant"],
-        "export_seconds": stats["export_seconds"],
-        "export_peak_rss_bytes": stats["export_peak_rss_bytes"],
+        **{key: stats[key] for key in ("quant", "export_seconds", "export_peak_rss_mb", "convert_seconds",
+                                       "export_llm_seconds")},
         "pte_bytes": program_bytes(pte),
-        "prefill_tok_s": run["prefill_tok_s"],
-        "decode_tok_s": run["decode_tok_s"],
-        "run_peak_rss_bytes": run["run_peak_rss_bytes"],
-        "convert_seconds": stats["convert_seconds"],
-        "export_llm_seconds": stats["export_llm_seconds"],
-        "load_seconds": run["load_seconds"],
-        "finite": run["finite"],
-        "deterministic": run["deterministic"],
-        "prompt_len": args.prompt_len,
-        "gen_len": args.gen_len,
-        "threads": args.threads,
+        **{key: run[key] for key in ("prefill_tok_s", "decode_tok_s", "peak_rss_mb", "load_seconds", "finite",
+                                     "deterministic", "prompt_len", "gen_len", "threads")},
     }
     if args.parity:
         import numpy as np
@@ -472,13 +403,6 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(report))
     if not (run["finite"] and run["deterministic"]):
         sys.exit("upstream program gave non-finite or non-deterministic logits")
-
-
-if importlib.util.find_spec("executorch") is not None:
-    try:
-        register_custom_ops()  # callers that load upstream's program themselves rely on this import
-    except (ImportError, OSError, AssertionError, RuntimeError) as err:  # only running the program needs it
-        print(f"upstream_executorch: llama custom ops not registered ({err})", file=sys.stderr)
 
 
 if __name__ == "__main__":

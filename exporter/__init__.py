@@ -1,17 +1,20 @@
-"""qwen-edge exporter: config parsing, checkpoint loading, the reference model.
+"""qwen-edge exporter: config presets, checkpoint loading, the reference model and the two lowerings.
 
-The reference model is the exporter's input: every lowering (ExecuTorch, ONNX)
-starts from it, and every artifact is validated against it.
+The reference model is the exporter's input: every lowering (`exporter.executorch`,
+`exporter.onnx`) starts from it, and every artifact is validated against it. The exporter
+builds on the runtime, which owns the bundle contract; importing this package registers the
+PyTorch reference with the runtime (`runtime.reference`), which never imports the exporter.
 
-`load_model` and `Qwen35Model` are imported on first use: they need torch, and the modules
-a runtime imports from here (configs, the artifact contract) do not, so running an ONNX
-artifact does not load torch.
+`load_model` and `Qwen35Model` are imported on first use: they need torch, and this package's
+own import does not.
 """
 
 from importlib import import_module
 
-from exporter.config import ModelConfig, load_config, preset
-from exporter.errors import CheckpointError, ConfigError, QwenEdgeError
+from exporter.config import preset
+from runtime import reference as _reference
+from runtime.config import ModelConfig, load_config
+from runtime.errors import CheckpointError, ConfigError, QwenEdgeError
 
 _NEED_TORCH = {"load_model": "exporter.checkpoint", "Qwen35Model": "exporter.model"}
 
@@ -25,6 +28,8 @@ __all__ = [
     "load_model",
     "preset",
 ]
+
+_reference.register(lambda: import_module("exporter.reference").TorchReference())
 
 
 def __getattr__(name: str):

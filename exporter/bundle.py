@@ -1,14 +1,18 @@
 """Writing a bundle: one directory an app can ship as is, written whole or not at all.
 
 `export_bundle` runs plain stages, each taking what the previous one made:
-resolve the model (checkpoint directory or preset) -> golden trace from the
-pristine reference (before any lowering may quantize the model in place) ->
-export each format into a staging directory beside the destination (the ExecuTorch
-lowering of a quantized scheme last: its model is quantized in place first) ->
-tokenizer files -> golden.npz -> selfcheck.json -> manifest.json -> validation
-(written into the bundle as validation.json) -> rename into place. Any failure
-or interrupt removes the staging directory; an existing bundle is replaced only
-with `force`, and then atomically (old renamed aside, new renamed in, old deleted).
+resolve the model (checkpoint directory or preset: a frozen `Source`, no weights
+yet) -> golden trace -> export each format into a staging directory beside the
+destination -> tokenizer files -> golden.npz -> selfcheck.json -> manifest.json ->
+validation (written into the bundle as validation.json) -> rename into place.
+
+Each stage that needs weights loads its own model from the `Source` and drops it
+when done: a lowering may quantize the model it is given, and no other stage ever
+sees that, so the formats export in the order asked and the peak holds one model.
+A checkpoint load reads the files again (seconds, from the page cache); a preset
+regenerates its weights from the seed. Any failure or interrupt removes the
+staging directory; an existing bundle is replaced only with `force`, and then
+atomically (old renamed aside, new renamed in, old deleted).
 
 The manifest schema (fields, file entries) is defined with its reader in
 `runtime.bundle`; `selfcheck.json` is documented in `selfcheck`.
@@ -22,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
-import json
 import logging
 import math
 import os
@@ -38,12 +41,21 @@ from typing import Any
 
 import numpy as np
 
-from exporter.artifact import Artifact, ExportOptions, required_kernels
-from exporter.config import PRESETS, ModelConfig, text_only, to_hf
-from exporter.errors import QwenEdgeError
+from exporter.artifact import Artifact, ExportOptions
+from exporter.config import PRESETS, preset
 from exporter.tokenizer import TokenizerInfo, copy_tokenizer, encode, tokenizer_info
-from runtime.bundle import MANIFEST, SCHEMA_VERSION, file_entry
-from runtime.errors import BundleError, ValidationFailed
+from runtime.bundle import file_entry
+from runtime.config import ModelConfig, load_config, text_only, to_hf
+from runtime.contract import (
+    GOLDEN,
+    MANIFEST,
+    SCHEMA_VERSION,
+    SELFCHECK,
+    SELFCHECK_SCHEMA,
+)
+from runtime.errors import BundleError, CheckpointError, QwenEdgeError, ValidationFailed
+from runtime.files import place_dir, write_json
+from runtime.trace import save_trace
 
 log = logging.getLogger("qwen_edge")
 
@@ -55,33 +67,53 @@ EXPORTERS: dict[str, tuple[str, str]] = {
 GOLDEN_PROMPT = "import os\nimport sys\n\n\ndef main():\n    "  # code: the trained fixture predicts it with confidence
 GOLDEN_STEPS = 16
 PRESET_SEED = 0  # exporter.checkpoint.open_model builds presets with seed 0
-SELFCHECK_SCHEMA = 1
 TOOLCHAIN = ("torch", "executorch", "torchao", "onnx", "onnxscript", "onnxruntime", "tokenizers", "qwen-edge")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Source:
-    """The resolved model: where it came from, its config and the fp32 reference weights."""
+    """The resolved model: where it came from and its config. `load()` gives a fresh fp32 reference."""
 
     kind: str  # "checkpoint" or "preset"
     name: str
     checkpoint: Path | None
     config: ModelConfig
-    model: Any  # exporter.model.Qwen35Model
 
     def manifest(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "seed": PRESET_SEED if self.kind == "preset" else None}
 
+    def load(self):
+        """A new `Qwen35Model` of this source, the caller's own to change (a lowering quantizes it)."""
+        from exporter.checkpoint import load_model, random_model
 
-def resolve_model(spec: str) -> Source:
+        if self.checkpoint is None:
+            return random_model(self.config, seed=PRESET_SEED)
+        return load_model(self.checkpoint)[1]
+
+    def load_vision(self):
+        """A new vision tower of this source's checkpoint, the caller's own to change."""
+        from exporter.checkpoint import load_vision
+
+        if self.checkpoint is None:
+            raise QwenEdgeError(f"{self.name}: a vision tower is exported from a checkpoint, not a preset")
+        return load_vision(self.checkpoint)
+
+
+def resolve_model(spec: str, *, text_only_export: bool = False) -> Source:
     """A checkpoint directory or a preset name -> `Source` (malformed checkpoints raise, exit 2)."""
-    from exporter.checkpoint import open_model
+    from exporter.checkpoint import checkpoint_files
 
-    config, model, _ = open_model(spec)
     if spec in PRESETS and not Path(spec).exists():
-        return Source("preset", spec, None, config, model)
-    path = Path(spec).resolve()
-    return Source("checkpoint", path.name, path, config, model)
+        source = Source("preset", spec, None, preset(spec))
+    elif not Path(spec).exists():
+        raise CheckpointError(f"{spec}: neither a checkpoint directory nor a preset; presets are {', '.join(PRESETS)}")
+    elif not Path(spec).is_dir():
+        raise CheckpointError(f"{spec}: not a directory; give a checkpoint directory with config.json and safetensors")
+    else:
+        path = Path(spec).resolve()
+        checkpoint_files(path)  # no weights, or pickled ones only: refused now, before any stage runs
+        source = Source("checkpoint", path.name, path, load_config(path))
+    return dataclasses.replace(source, config=text_only(source.config)) if text_only_export else source
 
 
 def exporter_for(fmt: str) -> Callable[..., Artifact]:
@@ -107,33 +139,11 @@ def check_destination(out: Path, force: bool) -> None:
         raise QwenEdgeError(f"{out}: exists and is not a bundle (no {MANIFEST}); refusing to replace it, even with --force")
 
 
-def export_formats(source: Source, staging: Path, formats: Sequence[str], options: ExportOptions) -> list[Artifact]:
-    artifacts = []
-    for fmt in formats:
-        artifact = export_format(source, staging, fmt, options)
-        _check_artifact(artifact, fmt, staging)
-        artifacts.append(artifact)
-    return artifacts
-
-
 def export_format(source: Source, staging: Path, fmt: str, options: ExportOptions) -> Artifact:
-    """One lowering. The ExecuTorch one takes a model quantized beforehand, in place (`in_place_formats`)."""
-    if fmt != "pte" or options.quant == "fp32":
-        return exporter_for(fmt)(source.model, source.config, staging, options)
-    from exporter.quantize_executorch import quantize_for_executorch
-
-    report = quantize_for_executorch(source.model, options.recipe)
-    artifact = exporter_for(fmt)(source.model, source.config, staging, options)
-    artifact.details["quantization"] = report
-    if report.get("embedding", {}).get("bits") == 8:
-        artifact.details["kernels_required"] = required_kernels(options.pte_kernels, quantized_embedding=True)
+    """One lowering, on a model of its own (it may quantize it), checked to have written what it describes."""
+    artifact = exporter_for(fmt)(source.load(), source.config, staging, options)
+    _check_artifact(artifact, fmt, staging)
     return artifact
-
-
-def in_place_formats(formats: Sequence[str], options: ExportOptions) -> list[str]:
-    """The export order: formats that change the model in place (pte under a non-fp32 scheme) last."""
-    changes = [f for f in formats if f == "pte" and options.quant != "fp32"]
-    return [f for f in formats if f not in changes] + changes
 
 
 def _check_artifact(artifact: Artifact, fmt: str, staging: Path) -> None:
@@ -148,18 +158,18 @@ def _check_artifact(artifact: Artifact, fmt: str, staging: Path) -> None:
 
 def golden_trace(source: Source, tokenizer: TokenizerInfo, steps: int):
     """The reference trace on the golden prompt (text with a tokenizer, fixed seeded ids without)."""
-    from runtime.trace import reference_trace
+    from exporter.reference import reference_trace
 
     if tokenizer.files:
         ids = encode(tokenizer, GOLDEN_PROMPT)
     else:
         ids = np.random.default_rng(PRESET_SEED).integers(0, source.config.text.vocab_size, size=12).tolist()
-    trace, _, _ = reference_trace(source.model, ids, steps)
+    trace, _ = reference_trace(source.load(), ids, steps)
     return trace
 
 
 def selfcheck(trace, tokenizer: TokenizerInfo, options: ExportOptions) -> dict[str, Any]:
-    """`selfcheck.json`, what an app checks on first launch (issue 9).
+    """`selfcheck.json`, what an app checks on first launch.
 
     prompt_ids: feed these; expected_ids: the fp32 reference's greedy tokens, cut
     after the first EOS id (a runner that stops at EOS produces exactly these);
@@ -205,8 +215,8 @@ def build_manifest(source: Source, options: ExportOptions, artifacts: list[Artif
         "export": dataclasses.asdict(options),
         "tokenizer": tokenizer.manifest(entries),
         "artifacts": [_artifact_entry(a, staging) for a in artifacts],
-        "golden": {**file_entry(staging, "golden.npz"), **golden_meta},
-        "selfcheck": file_entry(staging, "selfcheck.json"),
+        "golden": {**file_entry(staging, GOLDEN), **golden_meta},
+        "selfcheck": file_entry(staging, SELFCHECK),
         "validation": None,
         "toolchain": toolchain(),
     }
@@ -223,16 +233,16 @@ def export_vision(source: Source, staging: Path, formats: Sequence[str], options
     The manifest's `vision` section: `artifacts` (vision.onnx / vision.pte, the decoder's scheme),
     `image_processor` (what `runtime.image.ImageSpec` takes) and the multimodal `token_ids`.
     """
-    from exporter.checkpoint import load_vision
-    from exporter.vision_export import export_vision_executorch, export_vision_onnx, image_processor
+    from exporter.vision.export import (
+        export_vision_executorch,
+        export_vision_onnx,
+        image_processor,
+    )
 
-    if source.checkpoint is None:
-        raise QwenEdgeError(f"{source.name}: a vision tower is exported from a checkpoint, not a preset")
-    tower = load_vision(source.checkpoint)
     written = {}
-    for fmt in in_place_formats(formats, options):  # the ExecuTorch export quantizes the tower in place: last
+    for fmt in formats:  # each lowering on a tower of its own: the ExecuTorch one quantizes it in place
         export = export_vision_onnx if fmt == "onnx" else export_vision_executorch
-        written[fmt] = export(tower, staging, options, options.vision_max_tokens)
+        written[fmt] = export(source.load_vision(), staging, options, options.vision_max_tokens)
         _check_artifact(written[fmt], fmt, staging)
     config = source.config
     max_pixels = min(a.details["max_pixels"] for a in written.values())
@@ -245,13 +255,9 @@ def export_vision(source: Source, staging: Path, formats: Sequence[str], options
     }
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
-
-
 def validate_staged(staging: Path, source: Source, formats: Sequence[str], manifest: dict[str, Any]) -> None:
     """Validate the staged bundle against the reference rebuilt from its source; record the report in it."""
-    from runtime.validate import format_report, validate_bundle, write_report
+    from runtime.validate import format_report, validate_bundle
 
     report = validate_bundle(staging, list(formats), model=source.checkpoint)
     log.info(format_report(report))
@@ -262,53 +268,38 @@ def validate_staged(staging: Path, source: Source, formats: Sequence[str], manif
             "Pass --no-validate to keep the bundle for inspection"
         )
     report["bundle"] = "."  # the staging path means nothing once the bundle is in place
-    write_report(report, staging / "validation.json")
+    write_json(staging / "validation.json", report)
     manifest["validation"] = {**file_entry(staging, "validation.json"), "passed": True}
     write_json(staging / MANIFEST, manifest)
 
 
 def place(staging: Path, out: Path, force: bool) -> None:
     """Rename the staged bundle into place; with force, swap atomically and delete the old one."""
-    if not out.exists():
-        os.rename(staging, out)
-        return
-    check_destination(out, force)
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.rename(out, old / "bundle")
-    try:
-        os.rename(staging, out)
-    except OSError:
-        os.rename(old / "bundle", out)  # put the good bundle back before reporting
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        check_destination(out, force)  # still ours to replace: checked again, the export took a while
+    place_dir(staging, out, replace=force)
 
 
 def _build(spec: str, staging: Path, formats: Sequence[str], options: ExportOptions, steps: int,
            validate: bool, progress) -> None:
     """Every stage that writes into `staging`, in order."""
     progress.stage("load model")
-    source = resolve_model(spec)
-    if options.text_only:
-        source.config = text_only(source.config)
+    source = resolve_model(spec, text_only_export=options.text_only)
     tokenizer = tokenizer_info(source.checkpoint, source.config)
     progress.stage("golden outputs")
     trace = golden_trace(source, tokenizer, steps)
-    artifacts = {}
-    for fmt in in_place_formats(formats, options):
+    artifacts = []
+    for fmt in formats:
         progress.stage(f"export {fmt}")
-        artifacts[fmt] = export_formats(source, staging, [fmt], options)[0]
-    artifacts = [artifacts[fmt] for fmt in formats]  # the manifest lists them in the order asked
+        artifacts.append(export_format(source, staging, fmt, options))
     vision = None
     if source.config.vision is not None:
         progress.stage("export vision encoder")
         vision = export_vision(source, staging, formats, options)
     progress.stage("tokenizer, golden, selfcheck, manifest")
-    from runtime.trace import save_trace
-
     copy_tokenizer(tokenizer, staging)
-    save_trace(trace, staging / "golden.npz")
-    write_json(staging / "selfcheck.json", selfcheck(trace, tokenizer, options))
+    save_trace(trace, staging / GOLDEN)
+    write_json(staging / SELFCHECK, selfcheck(trace, tokenizer, options))
     golden_meta = {"prompt_text": GOLDEN_PROMPT if tokenizer.files else None,
                    "prompt_len": len(trace.prompt_ids), "steps": trace.steps}
     manifest = build_manifest(source, options, artifacts, tokenizer, staging, golden_meta)
@@ -317,7 +308,6 @@ def _build(spec: str, staging: Path, formats: Sequence[str], options: ExportOpti
     write_json(staging / MANIFEST, manifest)
     if validate:
         progress.stage("validate")
-        source.model = None  # a lowering may have changed it in place: validation rebuilds the reference
         validate_staged(staging, source, formats, manifest)
     progress.stage("done")
 

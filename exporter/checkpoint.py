@@ -18,9 +18,6 @@ Not here: pickled checkpoints (never loaded: they can run code).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -30,10 +27,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from exporter.config import ModelConfig, load_config, text_to_hf
-from exporter.errors import CheckpointError
 from exporter.model import Qwen35Model
-from exporter.vision import VisionTower
+from exporter.vision.tower import VisionTower
+from runtime.config import ModelConfig, load_config, text_to_hf
+from runtime.errors import CheckpointError
+from runtime.files import place_dir, staging_dir
 
 _TEXT_PREFIXES = ("model.language_model.", "model.")
 _VISION_PREFIXES = ("model.visual.", "visual.")
@@ -188,6 +186,14 @@ class _Reader:
         return torch.stack(rows)
 
 
+def _refuse_mismatch(what: str, missing: list[str], unexpected: list[str], misshaped: list[str]) -> None:
+    """One CheckpointError listing every problem at once (a user fixes them all in one go)."""
+    counted = [(missing, "missing"), (unexpected, "unexpected"), (misshaped, "mis-shaped")]
+    problems = [f"{len(names)} {kind}: {_summarise(names)}" for names, kind in counted if names]
+    if problems:
+        raise CheckpointError(f"{what}: " + "; ".join(problems))
+
+
 def _load_tensors(model: Qwen35Model, reader: _Reader) -> None:
     """Assign every parameter of `model` from the reader; collect and report all problems at once."""
     tied = model.config.tie_word_embeddings
@@ -210,15 +216,7 @@ def _load_tensors(model: Qwen35Model, reader: _Reader) -> None:
             tensors[name] = value
     # A tied checkpoint may still carry lm_head.weight (a copy of the embedding): harmless.
     unexpected = [k for k in reader.by_name if k not in used and not (tied and k == "lm_head.weight")]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing: {_summarise(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected: {_summarise(unexpected)}")
-    if misshaped:
-        problems.append(f"{len(misshaped)} mis-shaped: {_summarise(misshaped)}")
-    if problems:
-        raise CheckpointError("checkpoint does not match its config.json: " + "; ".join(problems))
+    _refuse_mismatch("checkpoint does not match its config.json", missing, unexpected, misshaped)
     model.load_state_dict(tensors, strict=False, assign=True)
     if tied:
         model.lm_head.weight = model.embed_tokens.weight
@@ -266,15 +264,8 @@ def _load_vision_tensors(tower: VisionTower, reader: _Reader) -> None:
         else:
             tensors[name] = value
     unexpected = [by_name[name] for name in by_name if name not in expected]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing: {_summarise([f'model.visual.{n}' for n in missing])}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected: {_summarise(unexpected)}")
-    if misshaped:
-        problems.append(f"{len(misshaped)} mis-shaped: {_summarise(misshaped)}")
-    if problems:
-        raise CheckpointError("vision tower does not match the checkpoint's vision_config: " + "; ".join(problems))
+    _refuse_mismatch("vision tower does not match the checkpoint's vision_config",
+                     [f"model.visual.{n}" for n in missing], unexpected, misshaped)
     tower.load_state_dict(tensors, strict=True, assign=True)
 
 
@@ -362,9 +353,7 @@ def save_checkpoint(config: ModelConfig, model: Qwen35Model, path: str | Path, d
     path = Path(path)
     if path.exists():
         raise CheckpointError(f"{path}: already exists; remove it or choose another directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with staging_dir(path.parent, f".{path.name}.") as tmp:
         tensors = {}
         for name, tensor in model.state_dict().items():
             if name == "lm_head.weight" and config.text.tie_word_embeddings:
@@ -375,9 +364,7 @@ def save_checkpoint(config: ModelConfig, model: Qwen35Model, path: str | Path, d
         text = text_to_hf(config.text, "qwen3_5_moe_text" if config.is_moe else "qwen3_5_text")
         text["architectures"] = ["Qwen3_5MoeForCausalLM" if config.is_moe else "Qwen3_5ForCausalLM"]
         (tmp / "config.json").write_text(json.dumps(text, indent=1) + "\n")
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        place_dir(tmp, path)
     return path
 
 

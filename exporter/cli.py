@@ -1,6 +1,7 @@
 """The `qwen-edge` command line: export, validate, run, bench, inspect, demo.
 
-Every command prints one line per failure and no traceback unless `--debug`;
+Every command prints one line per failure and no traceback unless `--debug`, and
+none of the libraries' known noise (`exporter.quiet`) unless `--verbose` or `--debug`;
 exit codes: 0 ok, 1 a validation miss (or a bundle file whose checksum no
 longer matches), 2 bad input. Each command is a pair of functions: `_add_*`
 declares its arguments, `_run_*` calls the library and prints.
@@ -9,6 +10,7 @@ declares its arguments, `_run_*` calls the library and prints.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
@@ -16,7 +18,8 @@ import threading
 import traceback
 from collections.abc import Callable, Sequence
 
-from exporter.errors import QwenEdgeError
+from exporter.quiet import silenced
+from runtime.errors import QwenEdgeError
 
 log = logging.getLogger("qwen_edge")
 
@@ -215,11 +218,14 @@ COMMANDS: tuple[Callable, ...] = (_add_export, _add_validate, _add_run, _add_ben
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qwen-edge", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("--verbose", action="store_true", help="also show the libraries' warnings and notes")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
     for command in sub.choices.values():  # also accepted after the command: `qwen-edge export ... --debug`
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+        command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="also show the libraries' warnings and notes")
     return parser
 
 
@@ -231,7 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so a killed export still removes its staging directory.
     previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
     try:
-        return args.run(args)
+        with contextlib.nullcontext() if args.verbose or args.debug else silenced():
+            return args.run(args)
     except QwenEdgeError as err:
         if args.debug:
             traceback.print_exc()

@@ -15,10 +15,15 @@ from typing import Any
 
 import torch
 
-from exporter.checkpoint import CheckpointInfo, checkpoint_files, iter_checkpoint_tensors
-from exporter.errors import CheckpointError
-from exporter.config import FULL, PRESETS, ModelConfig, load_config, preset
+from exporter.checkpoint import (
+    CheckpointInfo,
+    checkpoint_files,
+    iter_checkpoint_tensors,
+)
+from exporter.config import PRESETS, preset
 from exporter.model import Qwen35Model
+from runtime.config import FULL, ModelConfig, load_config
+from runtime.errors import CheckpointError
 
 
 def parameter_counts(config: ModelConfig) -> dict[str, int]:

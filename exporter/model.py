@@ -18,7 +18,6 @@ size Dk/Dv, C conv channels, K conv taps, V vocab.
 from __future__ import annotations
 
 import abc
-
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import ops
-from exporter.config import FULL, TextConfig
+from runtime.config import FULL, TextConfig
+from runtime.contract import state_names, state_shape
 
 # Per layer: (conv_state [B, C, K-1], recurrent_state [B, Hv, Dk, Dv] fp32) for DeltaNet layers,
 # (key [B, Hkv, P, Dh], value [B, Hkv, P, Dh]) for attention layers.
@@ -382,16 +382,10 @@ class Qwen35Model(nn.Module):
         """An empty state: zero conv taps and recurrent matrices, KV caches of length 0."""
         t, dtype = self.config, dtype or self.embed_tokens.weight.dtype
         device = self.embed_tokens.weight.device
-        state = []
-        for kind in t.layer_types:
-            if kind == FULL:
-                kv = torch.zeros(batch, t.num_key_value_heads, 0, t.head_dim, dtype=dtype, device=device)
-                state.append((kv, kv.clone()))
-            else:
-                conv = torch.zeros(batch, t.conv_dim, t.linear_conv_kernel_dim - 1, dtype=dtype, device=device)
-                shape = (batch, t.linear_num_value_heads, t.linear_key_head_dim, t.linear_value_head_dim)
-                state.append((conv, torch.zeros(shape, dtype=torch.float32, device=device)))
-        return state
+        flat = [torch.zeros(state_shape(t, part, batch=batch), device=device,
+                            dtype=torch.float32 if part == "recurrent" else dtype)  # the recurrence runs in fp32
+                for _, part in state_names(t)]
+        return list(zip(flat[::2], flat[1::2], strict=True))  # one (key, value) or (conv, recurrent) pair a layer
 
     def forward(
         self,

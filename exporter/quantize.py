@@ -36,8 +36,8 @@ artifacts of a scheme carry the same integers:
 
 What stays in higher precision is the table `HIGH_PRECISION` below, with the reason per line.
 
-Not here: rewriting an ONNX graph (`exporter.quantize_onnx`), quantizing a model for
-ExecuTorch (`exporter.quantize_executorch`), the tolerances per scheme (`runtime.tolerances`).
+Not here: rewriting an ONNX graph (`exporter.onnx.quantize`), quantizing a model for
+ExecuTorch (`exporter.executorch.quantize`), the tolerances per scheme (`runtime.tolerances`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from exporter.errors import QwenEdgeError
+from runtime.errors import QwenEdgeError
 
 if TYPE_CHECKING:  # torch is imported where it is used: exporter.artifact imports this module, and runtime it
     from torch import Tensor, nn

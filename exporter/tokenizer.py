@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exporter.config import ModelConfig
-from exporter.errors import CheckpointError
+from runtime.config import ModelConfig
+from runtime.errors import CheckpointError
 
 COPIED = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 

@@ -9,7 +9,8 @@ score nodes. onnxruntime-genai drives such a model with its KV and recurrent buf
 (``past_present_share_buffer``), which it does not do for a growing cache.
 
 It is the attention core only: projections, q/k norms, rotary and the output gate stay in the
-model (`exporter.model.Attention`), which calls this op through `FusedKV`.
+model (`exporter.model.Attention`), which calls this op through `FusedKV`. The module ends with the
+op's ONNX translation and its lowering table (`LOWERING`).
 
 Shapes: B batch, T new tokens, H query heads, Hkv KV heads (H a multiple), Dh head dim, C the
 cache capacity, S = P + T the tokens cached after the call (P before it).
@@ -33,6 +34,9 @@ tokens take any batch. The eager kernel has no such limit.
 """
 
 import torch
+
+from ops.lowering import TRANSLATION, OnnxLowering, OpLowering, fixed
+from ops.onnx_contrib import contrib_op
 
 
 def _check_inputs(q, k, v, past_key, past_value, attention_mask) -> None:
@@ -110,7 +114,7 @@ def _(q, k, v, past_key, past_value, attention_mask):
 
 
 # ---------------------------------------------------------------------------------------------------
-# ONNX translation (exporter/onnx_ops.py: kv_attention_to_gqa)
+# ONNX translation
 # ---------------------------------------------------------------------------------------------------
 # ort profile: com.microsoft::GroupQueryAttention on q, k, v packed to [B, T, heads*Dh], with
 # seqlens_k = sum(attention_mask) - 1 and total_sequence_length = attention_mask's width (int32),
@@ -118,8 +122,38 @@ def _(q, k, v, past_key, past_value, attention_mask):
 # its decoder keeps the growing cache of standard ops.
 
 
+def kv_attention_to_gqa(q, k, v, past_key, past_value, attention_mask):
+    """`qwen35::kv_attention` as `com.microsoft::GroupQueryAttention` on a cache of the caller's capacity.
+
+    GQA takes q, k, v with the heads packed into the last dim, seqlens_k = tokens cached after
+    the call - 1 per sequence and total_sequence_length = the attention mask's width, both int32
+    (the same few nodes in every layer, which ONNX Runtime's common-subexpression pass merges).
+    It writes the new entries at their slots of the present, which is the past's own buffer when
+    the caller binds them so (`exporter.onnx.state.ALIAS_SAFE`). Rotary is applied before it.
+    """
+    from onnxscript import opset18 as op
+
+    int32 = 6  # onnx.TensorProto.INT32
+    packed = op.Constant(value_ints=[0, 0, -1])  # [B, T, heads, Dh] -> [B, T, heads*Dh]
+    cached = op.ReduceSum(attention_mask, op.Constant(value_ints=[1]), keepdims=0)  # [B]
+    seqlens_k = op.Cast(op.Sub(cached, op.Constant(value_int=1)), to=int32)  # [B]
+    total = op.Cast(op.Gather(op.Shape(attention_mask), op.Constant(value_int=1), axis=0), to=int32)  # scalar
+    return contrib_op("GroupQueryAttention", outputs=3)(  # not output_qk: GQA refuses it without qk_output
+        op.Reshape(q, packed), op.Reshape(k, packed), op.Reshape(v, packed), past_key, past_value, seqlens_k, total,
+        num_heads=q.shape[2], kv_num_heads=k.shape[2], scale=float(q.shape[3]) ** -0.5,
+    )  # out [B, T, H*Dh], present_key, present_value [B, Hkv, C, Dh]
+
+
 # ---------------------------------------------------------------------------------------------------
 # ExecuTorch lowering
 # ---------------------------------------------------------------------------------------------------
 # None: the `.pte` keeps its KV caches in mutable buffers written by index_put_ (exporter.executorch)
 # and runs the written-out attention, which XNNPACK delegates; it never calls this op.
+
+LOWERING = OpLowering(
+    "kv_attention",
+    onnx={
+        "ort": OnnxLowering(TRANSLATION, fixed(kv_attention_to_gqa),
+                            "com.microsoft::GroupQueryAttention, the KV cache a buffer of the caller's capacity"),
+    },
+)

@@ -4,9 +4,9 @@ It is a softmax top-k router over E SwiGLU experts plus a shared SwiGLU expert
 scaled by a sigmoid gate, matching transformers' `Qwen3_5MoeSparseMoeBlock`
 (router, experts, shared expert and their dtype handling). It holds the op's
 schema, its eager and fake kernels, the pure-PyTorch forms the kernels and the
-lowerings use, and a per-token loop oracle. It is not the MoE layer module
-(that is `exporter.model.SparseMoe`, which owns the parameters) and it does not
-itself write ONNX or ExecuTorch graphs (see the last two sections for the plan).
+lowerings use, a per-token loop oracle, its ONNX translations and the table both
+exporters read (`LOWERING`). It is not the MoE layer module (that is
+`exporter.model.SparseMoe`, which owns the parameters).
 
 Shape legend:
     N  tokens (all leading dims of x flattened; B·T for [B, T, D])
@@ -25,9 +25,14 @@ Math, per token x [D]:
     y        = Σ_k w_k · y_{idx_k} + shared
 """
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ops.lowering import DECOMPOSITION, TRANSLATION, ExecuTorchLowering, OnnxLowering, OpLowering, fixed
+from ops.onnx_contrib import contrib_op
 
 # ---------------------------------------------------------------------------------------------------
 # Pure-PyTorch forms
@@ -278,7 +283,7 @@ def _(
 
 
 # ---------------------------------------------------------------------------------------------------
-# ONNX translation (implemented in exporter/onnx_ops.py, which exporter/onnx.py applies per profile)
+# ONNX translation
 # ---------------------------------------------------------------------------------------------------
 # Profile "ort": moe_to_contrib, the mapping below (the interleave is folded into the initializer at
 # export). Profile "portable": moe_portable, an If on choose_form's threshold between moe_gather and
@@ -300,11 +305,69 @@ def _(
 #     constant: gate_up_proj.unflatten(1, (2, I)).transpose(1, 2).reshape(E, 2I, D). No fc3 on CPU.
 
 
+def moe_to_contrib(
+    x, router_weight, gate_up_proj, down_proj, shared_gate_proj, shared_up_proj, shared_down_proj,
+    shared_expert_gate, top_k: int, norm_topk_prob: bool = True,
+):
+    """`qwen35::moe` as `com.microsoft::MoE` for the routed experts plus the shared expert in plain ops (ort).
+
+    MoE takes the router logits (it applies softmax, top-k and, with normalize_routing_weights,
+    the renormalisation) and, on CPU, only swiglu_fusion=1: gate and up rows interleaved. The
+    re-layout of gate_up_proj is written as Reshape/Transpose/Reshape on the weight, which
+    `exporter.onnx` folds into the initializer. MoE has no shared-expert input, so the shared
+    expert is Gemm/Sigmoid/Mul after it. Gemm with transB reads the [out, in] weights as stored.
+    """
+    from onnxscript import opset18 as op
+
+    num_experts, two_i, hidden = gate_up_proj.shape
+    tokens = op.Reshape(x, op.Constant(value_ints=[-1, hidden]))  # [N, D]
+    logits = op.Gemm(tokens, router_weight, transB=1)  # [N, E]
+    by_part = op.Reshape(gate_up_proj, op.Constant(value_ints=[num_experts, 2, two_i // 2, hidden]))  # [E, 2, I, D]
+    interleaved = op.Reshape(
+        op.Transpose(by_part, perm=[0, 2, 1, 3]), op.Constant(value_ints=[num_experts, two_i, hidden])
+    )  # [E, 2I, D]: rows g0, u0, g1, u1, ...
+    routed = contrib_op("MoE")(
+        tokens, logits, interleaved, None, down_proj,
+        k=top_k, normalize_routing_weights=int(norm_topk_prob), activation_type="swiglu", swiglu_fusion=1,
+    )  # [N, D]
+    gate = op.Gemm(tokens, shared_gate_proj, transB=1)  # [N, Is]
+    hidden_act = op.Mul(op.Mul(gate, op.Sigmoid(gate)), op.Gemm(tokens, shared_up_proj, transB=1))  # [N, Is]
+    shared = op.Mul(
+        op.Sigmoid(op.Gemm(tokens, shared_expert_gate, transB=1)), op.Gemm(hidden_act, shared_down_proj, transB=1)
+    )  # [N, D]
+    return op.Reshape(op.Add(routed, shared), op.Shape(x))  # [..., D]
+
+
+def moe_portable(
+    x, router_weight, gate_up_proj, down_proj, shared_gate_proj, shared_up_proj, shared_down_proj,
+    shared_expert_gate, *, top_k: int, norm_topk_prob: bool = True,
+):
+    """The portable decomposition, the eager kernel's choice as an If: gather for few tokens, all experts for many.
+
+    Same threshold as `choose_form` (N·K <= E·GATHER_MAX_LOAD), so the graph does what the eager
+    op does; N·K and E are integers, so the float bound is floored.
+    """
+    weights = (
+        router_weight, gate_up_proj, down_proj, shared_gate_proj, shared_up_proj, shared_down_proj, shared_expert_gate
+    )
+    gather = functools.partial(_moe_form, moe_gather, top_k=top_k, norm_topk_prob=norm_topk_prob)
+    dense = functools.partial(_moe_form, moe_dense, top_k=top_k, norm_topk_prob=norm_topk_prob)
+    most_gathered = int(gate_up_proj.shape[0] * GATHER_MAX_LOAD)  # N·K bound
+    if most_gathered < top_k:  # even one token is past the bound: the eager op always runs dense
+        return dense(x, *weights)
+    few = x.numel() // x.shape[-1] * top_k <= most_gathered
+    return torch.cond(few, gather, dense, tuple(w.contiguous() for w in (x, *weights)))
+
+
+def _moe_form(form, x, *weights, top_k: int, norm_topk_prob: bool):
+    return form(x, *weights, top_k=top_k, norm_topk_prob=norm_topk_prob).contiguous()  # [..., D]
+
+
 # ---------------------------------------------------------------------------------------------------
 # ExecuTorch lowering
 # ---------------------------------------------------------------------------------------------------
-# XNNPACK has no MoE kernel, so the node is replaced by `decomposition` before to_edge, e.g.
-# ep.run_decompositions({torch.ops.qwen35.moe.default: decomposition}): the linears and batched
+# XNNPACK has no MoE kernel, so both kernel sets replace the node by `moe_gather` before to_edge
+# (ep.run_decompositions({torch.ops.qwen35.moe.default: moe_gather})): the linears and batched
 # matmuls go to XNNPACK, index/topk/scatter stay on the portable kernels. A graph cannot choose a
 # form by N at run time (short of torch.cond), so it is the gather form: right for decode, and its
 # N·K gathered expert matrices stay bounded because prefill chunks are. moe_dense has the same
@@ -313,5 +376,22 @@ def _(
 # (as extension/llm/custom_ops does for sdpa); until then the export report names the node as
 # decomposed, not delegated.
 
-decomposition = moe_gather
 executorch_decomposition = moe_gather  # same signature as the op's schema
+
+_GATHER = ExecuTorchLowering(
+    fixed(moe_gather), "gathered top-k experts (linears and bmm delegated; index, topk and scatter on the portable kernels)"
+)
+LOWERING = OpLowering(
+    "moe",
+    onnx={
+        "ort": OnnxLowering(
+            TRANSLATION, fixed(moe_to_contrib), "com.microsoft::MoE (swiglu_fusion 1) + shared expert as Gemm"
+        ),
+        "portable": OnnxLowering(
+            DECOMPOSITION,
+            fixed(moe_portable),
+            f"standard ops: If(N*K <= E*{GATHER_MAX_LOAD}) gathered top-k experts, else all experts",
+        ),
+    },
+    executorch={"stock": _GATHER, "llm": _GATHER},
+)

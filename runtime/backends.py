@@ -4,9 +4,9 @@ A `Backend` runs a chunk of token ids at given positions and returns the last
 position's logits; it owns the model's state between calls and drops it on
 `reset()`. Chunking, positions, capacity checks, sampling and text live in
 `runtime.session`, once for all backends. Each backend follows the I/O
-contract in `exporter.artifact`:
+contract in `runtime.contract`:
 
-- `reference`: the PyTorch decoder (`exporter.model`), state as its list of tensors;
+- `reference`: the PyTorch decoder, which the exporter provides (`runtime.reference`);
 - `onnx`: an ONNX Runtime session, state fed back as `past_key_values.*` from `present.*`;
 - `pte`: ExecuTorch's Python runtime, `forward(tokens, input_pos)`, state in the
   program's mutable buffers (input_pos = 0 starts a new sequence).
@@ -19,13 +19,26 @@ from __future__ import annotations
 import abc
 import logging
 import os
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 
-from exporter.artifact import ATTENTION_MASK, IMAGE_EMBEDS, IMAGE_METHOD, load_llm_custom_ops, state_names
+from runtime import reference
 from runtime.bundle import Bundle
+from runtime.contract import (
+    ATTENTION_MASK,
+    FORWARD_METHOD,
+    IMAGE_EMBEDS,
+    IMAGE_METHOD,
+    INPUT_IDS,
+    LOGITS,
+    POSITION_IDS,
+    load_llm_custom_ops,
+    past_name,
+    present_name,
+    state_names,
+    state_shape,
+)
 from runtime.errors import BundleError
 
 log = logging.getLogger("qwen_edge")
@@ -76,45 +89,6 @@ class Backend(abc.ABC):
         return None
 
 
-class ReferenceBackend(Backend):
-    name = "reference"
-
-    def __init__(self, model, max_chunk: int, capacity: int, image_token_id: int | None = None):
-        self.model, self.max_chunk, self.capacity = model, max_chunk, capacity
-        self.image_token_id = image_token_id
-        self._state = None
-
-    def reset(self) -> None:
-        self._state = None
-
-    def forward(self, ids: np.ndarray, pos: int, *, positions: np.ndarray | None = None,
-                image_embeds: np.ndarray | None = None) -> np.ndarray:
-        import torch
-
-        from exporter.model import splice_image_embeds
-
-        tokens = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).view(1, -1)  # [1, T]
-        if positions is None:
-            rope = torch.arange(pos, pos + tokens.shape[1]).view(1, -1)  # [1, T]
-        else:
-            rope = torch.from_numpy(np.ascontiguousarray(positions, dtype=np.int64)).view(3, 1, -1)  # [3, 1, T]
-        with torch.no_grad():
-            embeds = None
-            if image_embeds is not None:
-                rows = torch.from_numpy(np.ascontiguousarray(image_embeds, dtype=np.float32))
-                embeds = splice_image_embeds(self.model.embed_tokens(tokens), tokens, rows, self.image_token_id)
-            out = self.model(None if embeds is not None else tokens, self._state, positions=rope, inputs_embeds=embeds)
-        self._state = out.state
-        return out.logits[0, -1].float().numpy()
-
-    def state(self) -> dict[str, np.ndarray] | None:
-        if self._state is None:
-            return None
-        names = state_names(self.model.config)
-        flat = [t for layer in self._state for t in layer]
-        return {f"{i}.{part}": t.float().numpy() for (i, part), t in zip(names, flat, strict=True)}
-
-
 class OnnxBackend(Backend):
     """ONNX Runtime; the state stays in OrtValues between calls, so no NumPy copy of the caches per token."""
 
@@ -146,38 +120,31 @@ class OnnxBackend(Backend):
         # KV caches of a fixed capacity (ort profile): buffers of max_seq_len slots, the mask counting what they hold
         self._capacity_kv = ATTENTION_MASK in self._inputs
         self._held = 0
-        # States whose present the export proved may overwrite the past (`exporter.onnx_state`): bound in place,
+        # States whose present the export proved may overwrite the past (`exporter.onnx.state`): bound in place,
         # they cost no allocation or copy a call and stay where the kernels read them (0.8B 4-bit decode 7-11 %).
         self._in_place = set(artifact.get("details", {}).get("state_in_place", {}).get("parts", []))
         self.reset()
 
     def _empty(self, layer: int, part: str):
-        t = self._text
-        slots = self.capacity if self._capacity_kv else 0
-        shapes = {
-            "key": (1, t.num_key_value_heads, slots, t.head_dim),
-            "value": (1, t.num_key_value_heads, slots, t.head_dim),
-            "conv": (1, t.conv_dim, t.linear_conv_kernel_dim - 1),
-            "recurrent": (1, t.linear_num_value_heads, t.linear_key_head_dim, t.linear_value_head_dim),
-        }
-        name = f"past_key_values.{layer}.{part}"
+        name = past_name(layer, part)
         if name not in self._inputs:
-            raise BundleError(f"model.onnx: input {name!r} missing; the file does not follow exporter/artifact.py")
+            raise BundleError(f"model.onnx: input {name!r} missing; the file does not follow runtime/contract.py")
         dtype = self._DTYPES.get(self._inputs[name].type, np.float32)
-        return self._ort.OrtValue.ortvalue_from_numpy(np.zeros(shapes[part], dtype=dtype))
+        shape = state_shape(self._text, part, kv_slots=self.capacity if self._capacity_kv else 0)
+        return self._ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=dtype))
 
     def reset(self) -> None:
-        self._past = {f"past_key_values.{i}.{p}": self._empty(i, p) for i, p in self._names}
+        self._past = {past_name(i, p): self._empty(i, p) for i, p in self._names}
         self._held = 0
 
     def forward(self, ids: np.ndarray, pos: int, *, positions: np.ndarray | None = None,
                 image_embeds: np.ndarray | None = None) -> np.ndarray:
         T, value = len(ids), self._ort.OrtValue.ortvalue_from_numpy
         binding = self._session.io_binding()
-        binding.bind_ortvalue_input("input_ids", value(np.asarray(ids, dtype=np.int64).reshape(1, T)))
+        binding.bind_ortvalue_input(INPUT_IDS, value(np.asarray(ids, dtype=np.int64).reshape(1, T)))
         if positions is None:
             positions = np.broadcast_to(np.arange(pos, pos + T, dtype=np.int64), (3, T))
-        binding.bind_ortvalue_input("position_ids", value(np.ascontiguousarray(np.asarray(positions, dtype=np.int64).reshape(3, 1, T))))
+        binding.bind_ortvalue_input(POSITION_IDS, value(np.ascontiguousarray(np.asarray(positions, dtype=np.int64).reshape(3, 1, T))))
         if image_embeds is not None:
             if not self._takes_images:
                 raise BundleError("model.onnx: has no image_embeds input; export a multimodal checkpoint for image prompts")
@@ -187,10 +154,10 @@ class OnnxBackend(Backend):
         for (i, part), (name, past) in zip(self._names, self._past.items(), strict=True):
             binding.bind_ortvalue_input(name, past)
             if part in self._in_place:  # the present overwrites the past's own buffer (see __init__)
-                binding.bind_ortvalue_output(f"present.{i}.{part}", past)
+                binding.bind_ortvalue_output(present_name(i, part), past)
             else:
-                binding.bind_output(f"present.{i}.{part}", "cpu")
-        binding.bind_output("logits", "cpu")
+                binding.bind_output(present_name(i, part), "cpu")
+        binding.bind_output(LOGITS, "cpu")
         self._session.run_with_iobinding(binding)
         *present, logits = binding.get_outputs()  # in binding order
         self._past = {name: past if part in self._in_place else new
@@ -201,7 +168,7 @@ class OnnxBackend(Backend):
 
     def state(self) -> dict[str, np.ndarray] | None:
         """The state as the reference holds it: a capacity KV cache cut to the tokens it holds."""
-        state = {f"{i}.{p}": self._past[f"past_key_values.{i}.{p}"].numpy().astype(np.float32) for i, p in self._names}
+        state = {f"{i}.{p}": self._past[past_name(i, p)].numpy().astype(np.float32) for i, p in self._names}
         if self._capacity_kv:
             state = {name: x[:, :, :self._held] if name.endswith((".key", ".value")) else x for name, x in state.items()}
         return state
@@ -229,11 +196,11 @@ class PteBackend(Backend):
         try:
             # Weights may live outside the program in a .ptd file (external constants).
             program = Runtime.get().load_program(path, data_path=data[0] if data else None)
-            method = program.load_method("forward")
+            method = program.load_method(FORWARD_METHOD)
         except (RuntimeError, ValueError) as err:
             raise BundleError(f"{path}: ExecuTorch cannot load it ({str(err).splitlines()[0]})") from err
         if method is None:
-            raise BundleError(f"{path}: has no 'forward' method; the file does not follow exporter/artifact.py")
+            raise BundleError(f"{path}: has no 'forward' method; the file does not follow runtime/contract.py")
         self._program, self._method, self._image_method, self._torch = program, method, None, torch
         self._path, self._hidden = path, bundle.config.text.hidden_size
 
@@ -296,31 +263,6 @@ def _set_executorch_threads(threads: int) -> None:
     reset(threads)
 
 
-def reference_model(bundle: Bundle, checkpoint: str | Path | None = None):
-    """The reference decoder of a bundle: from `checkpoint`, or rebuilt from the manifest's preset source + seed."""
-    from exporter.checkpoint import load_model, random_model
-
-    source = bundle.source
-    if checkpoint is not None:
-        config, model, _ = load_model(checkpoint)
-        _check_same_model(bundle, config.text, checkpoint)
-        return model
-    if source.get("kind") == "preset":
-        return random_model(bundle.config, seed=int(source.get("seed") or 0))
-    raise BundleError(
-        f"{bundle.root}: exported from checkpoint {source.get('name')!r}; the reference model needs it: "
-        "pass --model CHECKPOINT"
-    )
-
-
-def _check_same_model(bundle: Bundle, text, checkpoint) -> None:
-    expected = bundle.config.text
-    diff = [f.name for f in fields(expected) if getattr(expected, f.name) != getattr(text, f.name)]
-    if diff:
-        shown = ", ".join(f"{n} {getattr(text, n)!r} vs {getattr(expected, n)!r}" for n in diff[:3])
-        raise BundleError(f"{checkpoint}: not the bundle's model ({shown}); give the checkpoint it was exported from")
-
-
 def make_backend(bundle: Bundle, name: str, *, model=None, threads: int | None = None) -> Backend:
     """A backend over the bundle. `model`: a checkpoint path or a loaded `Qwen35Model` (reference only).
 
@@ -328,14 +270,7 @@ def make_backend(bundle: Bundle, name: str, *, model=None, threads: int | None =
     reference keeps PyTorch's setting unless given.
     """
     if name == "reference":
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)  # process-wide: PyTorch has no per-model thread pool
-        if model is None or isinstance(model, (str, Path)):
-            model = reference_model(bundle, model)
-        return ReferenceBackend(model, int(bundle.export["prefill_chunk"]), int(bundle.export["max_seq_len"]),
-                                bundle.config.image_token_id)
+        return reference.get().backend(bundle, model, threads)
     threads = threads or physical_cores()
     if name == "onnx":
         return OnnxBackend(bundle, threads)

@@ -22,12 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from exporter.config import ModelConfig, parse_config
-from exporter.errors import ConfigError
-from runtime.errors import BundleError, ChecksumError
-
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
+from runtime.config import ModelConfig, parse_config
+from runtime.contract import MANIFEST, SCHEMA_VERSION
+from runtime.errors import BundleError, ChecksumError, ConfigError
 
 # Top-level fields of a schema-1 manifest and their JSON types.
 _FIELDS: dict[str, type | tuple[type, ...]] = {

@@ -1,14 +1,34 @@
-"""Errors of the runtime side: bundles that cannot be trusted, and validation misses.
+"""The error hierarchy of qwen-edge, exporter and runtime alike.
 
-They extend `exporter.errors.QwenEdgeError`, so the command line maps them to
-its exit codes: 2 for malformed input (a bundle that is not one, a path that
-leaves the bundle), 1 for a validation-style failure (a file whose checksum no
-longer matches, an artifact that misses its tolerances).
+Every error a user can cause derives from `QwenEdgeError`, carries a message
+that says what happened, what was expected and what to do, and maps to an exit
+code of the command line: 2 for malformed input (a config, checkpoint, bundle
+or image that cannot be used), 1 for a validation-style failure (a file whose
+checksum no longer matches, an artifact that misses its tolerances).
+
+It lives in the runtime because the runtime owns the bundle contract; the
+exporter raises the same classes.
 """
 
 from __future__ import annotations
 
-from exporter.errors import QwenEdgeError
+
+class QwenEdgeError(Exception):
+    """Base of every error qwen-edge raises on purpose."""
+
+    exit_code = 2
+
+
+class ConfigError(QwenEdgeError):
+    """A `config.json` (or preset) that qwen-edge cannot build a model from."""
+
+
+class CheckpointError(QwenEdgeError):
+    """A checkpoint directory whose files or tensors do not match its config."""
+
+
+class InputError(QwenEdgeError):
+    """Inputs a model cannot take: an image grid or an image prompt that does not fit its config."""
 
 
 class BundleError(QwenEdgeError):

@@ -19,8 +19,8 @@ but keeps transparency for step 1; `load_image` would drop it with its own
 `convert("RGB")`, leaving whatever colour lies under transparent pixels.
 
 Pure numpy + Pillow, no torch: this runs wherever the app runs. Not here: the
-vision tower (`exporter.vision`), the prompt around the image
-(`exporter.image_prompt`).
+vision tower (`runtime.vision`), the prompt around the image
+(`runtime.image_prompt`).
 """
 
 from __future__ import annotations

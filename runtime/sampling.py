@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from exporter.errors import QwenEdgeError
+from runtime.errors import QwenEdgeError
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from exporter.errors import QwenEdgeError
 from runtime.backends import Backend
 from runtime.bundle import Bundle
-from runtime.sampling import Sampler, Sampling
+from runtime.errors import QwenEdgeError
 from runtime.image import PixelPatches, preprocess
+from runtime.image_prompt import expand_image_pads, mrope_positions
+from runtime.sampling import Sampler, Sampling
 from runtime.tokenizer import BundleTokenizer
 from runtime.vision import VisionEncoder, image_spec
 
@@ -96,8 +97,6 @@ class Session:
         pad already repeated once per image token), images in prompt order. The vision encoder
         runs on the session's backend; decoding then continues with `decode` as usual.
         """
-        from exporter.image_prompt import expand_image_pads, mrope_positions
-
         config = self.bundle.config
         grids = [image.grid_thw for image in images]
         expanded = expand_image_pads(list(ids), grids, config)  # raises on a prompt that does not fit the images
@@ -105,7 +104,7 @@ class Session:
         positions, next_position = mrope_positions(expanded, grids, config)
         embeds = np.concatenate([self.vision().encode(image) for image in images])  # [sum M, D]
         self.reset()
-        logits = self.prefill(expanded, positions=positions.numpy(), image_embeds=embeds)
+        logits = self.prefill(expanded, positions=positions, image_embeds=embeds)
         self._rope_shift = next_position - len(expanded)
         return logits
 

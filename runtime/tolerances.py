@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from types import MappingProxyType
 from typing import Any
 
-from exporter.errors import QwenEdgeError
+from runtime.errors import QwenEdgeError
 
 OFF = math.inf  # a bound that does not apply to this scheme
 
@@ -72,32 +72,32 @@ TOLERANCES = MappingProxyType({
     "8w": Tolerance(
         max_abs=OFF, rel_rms=5e-2, min_cosine=0.998, min_top1=0.9, min_greedy=greedy_floor(0.9),
         max_state_abs=OFF, max_ppl_increase=0.01,
-        reason="int8 per-channel weights (about 0.6 % weight error, logits ~1 % relative); issue 6 bounds "
-               "perplexity at +1 %",
+        reason="int8 per-channel weights (about 0.6 % weight error, logits ~1 % relative); quality bound: "
+               "perplexity +1 %",
         greedy_tie_margin=0.05,
     ),
     "4w": Tolerance(
         max_abs=OFF, rel_rms=0.25, min_cosine=0.97, min_top1=0.75, min_greedy=greedy_floor(0.75),
         max_state_abs=OFF, max_ppl_increase=0.05,
-        reason="int4 group-32 weights, int8 embedding; issue 6 bounds perplexity at +5 %",
+        reason="int4 group-32 weights, int8 embedding; quality bound: perplexity +5 %",
         greedy_tie_margin=0.1,
     ),
     "8da4w": Tolerance(
         max_abs=OFF, rel_rms=0.25, min_cosine=0.97, min_top1=0.75, min_greedy=greedy_floor(0.75),
         max_state_abs=OFF, max_ppl_increase=0.05,
-        reason="as 4w, plus per-token dynamic int8 activations (about 0.5 % per matmul); issue 6: +5 %",
+        reason="as 4w, plus per-token dynamic int8 activations (about 0.5 % per matmul); quality bound: perplexity +5 %",
         greedy_tie_margin=0.1,
     ),
     "4w+emb4": Tolerance(
         max_abs=OFF, rel_rms=0.25, min_cosine=0.97, min_top1=0.75, min_greedy=greedy_floor(0.75),
         max_state_abs=OFF, max_ppl_increase=0.10,
-        reason="int4 group-32 weights and int4 embedding / LM head; issue 6 bounds perplexity at +10 %",
+        reason="int4 group-32 weights and int4 embedding / LM head; quality bound: perplexity +10 %",
         greedy_tie_margin=0.1,
     ),
     "8da4w+emb4": Tolerance(
         max_abs=OFF, rel_rms=0.25, min_cosine=0.97, min_top1=0.75, min_greedy=greedy_floor(0.75),
         max_state_abs=OFF, max_ppl_increase=0.10,
-        reason="as 4w+emb4, plus per-token dynamic int8 activations; issue 6 bounds perplexity at +10 %",
+        reason="as 4w+emb4, plus per-token dynamic int8 activations; quality bound: perplexity +10 %",
         greedy_tie_margin=0.1,
     ),
 })

@@ -3,7 +3,7 @@
 A `Trace` is the prompt, the reference logits at every prompt position, a
 greedy continuation of N tokens (EOS not honoured, so every runtime compares
 the same N), and the logits of each decode step of that continuation. The
-exporter saves one as `golden.npz`; validation measures an artifact against a
+exporter saves one as `golden.npz` (`runtime.reference` computes a live one); validation measures an artifact against a
 trace from the live reference model or from that file.
 
 golden.npz (NumPy, no pickles):
@@ -41,42 +41,6 @@ class Trace:
     def greedy_logits(self) -> np.ndarray:
         """The logits that chose each greedy token: [N, V] (row i chose greedy_ids[i])."""
         return np.concatenate([self.prompt_logits[-1:], self.decode_logits])
-
-
-def reference_trace(model, prompt_ids, steps: int, *, hidden_states: bool = False):
-    """The trace of the reference model (and, with `hidden_states`, its per-layer outputs on the prompt).
-
-    Returns (trace, final state after the prompt as {"{layer}.{part}": array}, hidden states or None).
-    """
-    import torch
-
-    from exporter.artifact import state_names
-
-    if steps < 1:
-        raise BundleError(f"golden steps {steps}: need at least one greedy token")
-    tokens = torch.as_tensor(np.asarray(prompt_ids, dtype=np.int64)).view(1, -1)  # [1, T]
-    with torch.no_grad():
-        out = model(tokens, output_hidden_states=hidden_states)
-        prompt_logits = out.logits[0].float().numpy()  # [T, V]
-        names = state_names(model.config)
-        flat = [t for layer in out.state for t in layer]
-        final_state = {f"{i}.{p}": t.float().numpy() for (i, p), t in zip(names, flat, strict=True)}
-        hidden = [h[0].float().numpy() for h in out.hidden_states] if hidden_states else None
-        greedy = [int(prompt_logits[-1].argmax())]
-        decode_logits, state = [], out.state
-        for _ in range(steps - 1):
-            step = model(torch.tensor([[greedy[-1]]]), state)
-            state = step.state
-            decode_logits.append(step.logits[0, -1].float().numpy())
-            greedy.append(int(decode_logits[-1].argmax()))
-    vocab = prompt_logits.shape[-1]
-    trace = Trace(
-        prompt_ids=np.asarray(prompt_ids, dtype=np.int64),
-        prompt_logits=prompt_logits.astype(np.float32),
-        greedy_ids=np.asarray(greedy, dtype=np.int64),
-        decode_logits=np.asarray(decode_logits, dtype=np.float32).reshape(steps - 1, vocab),
-    )
-    return trace, final_state, hidden
 
 
 def save_trace(trace: Trace, path: Path) -> None:

@@ -4,14 +4,14 @@ An encoder takes one preprocessed image (`runtime.image.PixelPatches`) and
 returns its M merged-token embeddings [M, D], which the decoder splices into
 the prompt (`runtime.session`). The grid's tables (the four position-table
 taps and the rotary cos/sin of every patch) are computed on the host
-(`exporter.vision.grid_tables`) and fed with the patches, as the exported
-encoder's I/O contract says (`exporter.vision_export`):
+(`runtime.image_prompt.grid_tables`) and fed with the patches, as the exported
+encoder's I/O contract says (`runtime.contract.VISION_INPUTS`):
 
-- `reference`: the PyTorch tower (`exporter.vision.VisionTower`) from the checkpoint;
+- `reference`: the PyTorch tower from the checkpoint, which the exporter provides (`runtime.reference`);
 - `onnx`: `vision.onnx` in ONNX Runtime;
 - `pte`: `vision.pte` (method `vision_encoder`) in ExecuTorch's Python runtime.
 
-Not here: preprocessing (`runtime.image`), the prompt around the image (`exporter.image_prompt`).
+Not here: preprocessing (`runtime.image`), the prompt around the image (`runtime.image_prompt`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime import reference
 from runtime.bundle import Bundle
+from runtime.contract import VISION_INPUTS, VISION_METHOD
 from runtime.errors import BundleError
 from runtime.image import ImageSpec, PixelPatches
+from runtime.image_prompt import grid_tables
 
 
 class VisionEncoder(abc.ABC):
@@ -34,8 +37,6 @@ class VisionEncoder(abc.ABC):
 
     def encode(self, image: PixelPatches) -> np.ndarray:
         """float32 [M, D]: the decoder embeddings of the image's M tokens."""
-        from exporter.vision import grid_tables
-
         if image.grid_thw[0] != 1:
             raise BundleError(f"image grid {image.grid_thw}: the exported encoder takes still images (t = 1)")
         tables = grid_tables(self.config, image.grid_thw)
@@ -48,23 +49,9 @@ class VisionEncoder(abc.ABC):
         """(pixel_patches, pos_index, pos_weight, rotary_cos, rotary_sin) -> image_embeds [M, D]."""
 
 
-class ReferenceVisionEncoder(VisionEncoder):
-    def __init__(self, bundle: Bundle, tower):
-        super().__init__(bundle)
-        self.tower = tower
-
-    def _run(self, inputs: list[np.ndarray]) -> np.ndarray:
-        import torch
-
-        with torch.no_grad():
-            return self.tower.encode(*(torch.from_numpy(x) for x in inputs)).float().numpy()
-
-
 class OnnxVisionEncoder(VisionEncoder):
     def __init__(self, bundle: Bundle, threads: int):
         import onnxruntime as ort
-
-        from exporter.vision_export import INPUT_NAMES
 
         super().__init__(bundle)
         path = bundle.file(bundle.vision_artifact("onnx")["files"][0]["path"])
@@ -74,7 +61,7 @@ class OnnxVisionEncoder(VisionEncoder):
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # ORT raises its own exception types with no common base
             raise BundleError(f"{path}: ONNX Runtime cannot load it ({str(err).splitlines()[0]})") from err
-        self._names = INPUT_NAMES
+        self._names = VISION_INPUTS
 
     def _run(self, inputs: list[np.ndarray]) -> np.ndarray:
         return self._session.run(None, dict(zip(self._names, inputs, strict=True)))[0]
@@ -84,8 +71,6 @@ class PteVisionEncoder(VisionEncoder):
     def __init__(self, bundle: Bundle):
         import torch
         from executorch.runtime import Runtime
-
-        from exporter.vision_export import VISION_METHOD
 
         super().__init__(bundle)
         files = [bundle.file(entry["path"]) for entry in bundle.vision_artifact("pte")["files"]]
@@ -120,6 +105,4 @@ def make_vision_encoder(bundle: Bundle, backend: str, *, checkpoint: str | Path 
         return PteVisionEncoder(bundle)
     if checkpoint is None:
         raise BundleError(f"{bundle.root}: the reference vision tower loads from the checkpoint; pass --model CHECKPOINT")
-    from exporter.checkpoint import load_vision
-
-    return ReferenceVisionEncoder(bundle, load_vision(checkpoint))
+    return reference.get().vision_encoder(bundle, checkpoint)

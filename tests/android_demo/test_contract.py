@@ -1,7 +1,7 @@
 """The names the Android app reads are the names the exporter writes.
 
-The app's side is `Contract.java` (android_demo/core), printed as JSON by its `main`; the
-exporter's side is a real bundle with a real .pte, exported here. Every manifest and self-check
+The app's side is `Contract.java` (android_demo/core), printed as JSON by its `main`; its Python
+mirror is `runtime.contract`; the exporter's side is a real bundle with a real .pte, exported here. Every manifest and self-check
 field the app reads must be in the bundle, every method the runner calls in the program, and the
 core must read the bundle: renaming a field on either side fails a test here.
 
@@ -20,9 +20,12 @@ import pytest
 
 from exporter import bundle as bundle_module
 from exporter.artifact import ExportOptions
-from exporter.config import FULL, PRESETS, ModelConfig, preset
+from exporter.config import PRESETS, preset
 from exporter.tokenizer import COPIED
-from runtime.bundle import MANIFEST, SCHEMA_VERSION, file_entries
+from runtime import contract as contract_py
+from runtime.bundle import file_entries
+from runtime.config import FULL, ModelConfig
+from runtime.contract import MANIFEST, SCHEMA_VERSION
 from tests.android_demo.java import run_json
 
 PRESET = "tiny-two-layers"
@@ -91,11 +94,12 @@ def test_file_names_formats_and_versions_agree(contract, manifest, selfcheck):
     values = contract["values"]
     assert values["manifest_file"] == MANIFEST
     assert values["manifest_schema"] == SCHEMA_VERSION == manifest["schema_version"]
-    assert values["selfcheck_schema"] == bundle_module.SELFCHECK_SCHEMA == selfcheck["schema_version"]
+    assert values["selfcheck_schema"] == contract_py.SELFCHECK_SCHEMA == selfcheck["schema_version"]
     assert values["selfcheck_sampling"] == selfcheck["sampling"]
+    assert values["pte_format"] == contract_py.PTE_FORMAT
     assert values["pte_format"] in bundle_module.EXPORTERS
     # The tokenizer is copied under its checkpoint name; the runner loads tokenizer.json.
-    assert values["tokenizer_file"] == COPIED[0]
+    assert values["tokenizer_file"] == COPIED[0] == contract_py.TOKENIZER
 
 
 def test_program_has_every_method_the_runner_calls(contract, exported, manifest):
@@ -103,6 +107,7 @@ def test_program_has_every_method_the_runner_calls(contract, exported, manifest)
 
     files = [exported / e["path"] for e in pte_artifact(manifest, contract)["files"]]
     program = Runtime.get().load_program(str(files[0]), data_path=str(files[1]) if len(files) > 1 else None)
+    assert contract["program"]["methods"] == [contract_py.FORWARD_METHOD]
     wanted = contract["program"]["methods"] + contract["program"]["metadata_methods"]
     absent = sorted(set(wanted) - set(program.method_names))
     assert not absent, f"the program lacks methods ExecuTorch's runner calls: {absent} (has {sorted(program.method_names)})"

@@ -1,4 +1,4 @@
-"""Feeding an exported ONNX decoder by hand, either KV layout (`exporter.onnx.capacity_kv`), for tests.
+"""Feeding an exported ONNX decoder by hand, either KV layout (`runtime.contract.capacity_kv`), for tests.
 
 The ort profile's KV caches are buffers of the caller's capacity with an `attention_mask`
 saying how many tokens they hold; the portable profile's grow. These helpers hide the
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from exporter.artifact import ATTENTION_MASK
-from exporter.config import ModelConfig
-from exporter.onnx import capacity_kv, example_state, io_names
+from exporter.onnx import example_state
+from runtime.config import ModelConfig
+from runtime.contract import ATTENTION_MASK, capacity_kv, io_names
 
 CAPACITY = 64  # KV slots of a capacity-KV test run: the tests' max_seq_len
 

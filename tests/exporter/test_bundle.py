@@ -12,13 +12,20 @@ import runtime.validate
 from exporter.artifact import ExportOptions
 from exporter.bundle import GOLDEN_PROMPT, export_bundle
 from exporter.checkpoint import random_model
-from exporter.config import preset, to_hf
-from exporter.errors import QwenEdgeError
+from exporter.config import preset
+from exporter.reference import reference_trace
 from runtime.bundle import SCHEMA_VERSION, file_entries, open_bundle, sha256_file
-from runtime.errors import ValidationFailed
-from runtime.trace import load_trace, reference_trace
+from runtime.config import to_hf
+from runtime.errors import QwenEdgeError, ValidationFailed
+from runtime.trace import load_trace
 from tests.conftest import need_fixture
-from tests.runtime.fakes import SMALL, fake_bundle, fake_exporters, shared_trained_bundle
+from tests.runtime import fakes
+from tests.runtime.fakes import (
+    SMALL,
+    fake_bundle,
+    fake_exporters,
+    shared_trained_bundle,
+)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +70,7 @@ def test_nothing_but_the_bundle_is_left_in_its_directory(tiny_bundle):
 
 def test_golden_outputs_round_trip(tiny_bundle):
     golden = load_trace(tiny_bundle / "golden.npz")
-    again, _, _ = reference_trace(random_model(preset("tiny"), seed=0), golden.prompt_ids, golden.steps)
+    again, _ = reference_trace(random_model(preset("tiny"), seed=0), golden.prompt_ids, golden.steps)
     for key in ("prompt_ids", "prompt_logits", "greedy_ids", "decode_logits"):
         np.testing.assert_array_equal(getattr(golden, key), getattr(again, key))
     assert golden.prompt_logits.shape == (len(golden.prompt_ids), 1024)
@@ -81,6 +88,24 @@ def test_golden_logits_are_the_models(tiny_bundle):
     T = len(golden.prompt_ids)
     np.testing.assert_allclose(golden.prompt_logits, logits[:T], atol=1e-5)
     np.testing.assert_allclose(golden.decode_logits, logits[T:], atol=1e-5)
+
+
+@pytest.mark.parametrize("formats", [["zeroing", "reading"], ["reading", "zeroing"]])
+def test_each_lowering_gets_a_model_of_its_own(tmp_path, formats):
+    """A lowering may change its model (the ExecuTorch one quantizes it in place): no other stage sees that,
+    whatever the order of the formats, and the golden outputs are the pristine model's."""
+    fakes.SEEN.clear()
+    with fake_exporters():
+        export_bundle("tiny", tmp_path / "bundle", formats=formats, options=SMALL, validate=False)
+    pristine = float(sum(p.abs().sum() for p in random_model(preset("tiny"), seed=0).parameters()))
+    assert [fmt for fmt, _, _ in fakes.SEEN] == formats  # exported in the order asked
+    assert len({model for _, model, _ in fakes.SEEN}) == 2
+    assert all(weights == pytest.approx(pristine) for _, _, weights in fakes.SEEN)
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert [a["format"] for a in manifest["artifacts"]] == formats
+    golden = load_trace(tmp_path / "bundle" / "golden.npz")
+    again, _ = reference_trace(random_model(preset("tiny"), seed=0), golden.prompt_ids, golden.steps)
+    np.testing.assert_array_equal(golden.greedy_ids, again.greedy_ids)
 
 
 def test_selfcheck_is_what_an_app_needs(tiny_bundle):

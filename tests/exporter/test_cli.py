@@ -1,12 +1,17 @@
-"""The command line: exit codes 0/1/2, one-line errors (tracebacks only with --debug), nothing left behind."""
+"""The command line: exit codes 0/1/2, one-line errors (tracebacks only with --debug), nothing left behind, no
+library noise unless --verbose."""
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import signal
 import subprocess
 import sys
 import time
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +21,7 @@ import runtime
 from exporter.checkpoint import random_model, save_checkpoint
 from exporter.cli import main
 from exporter.config import preset
+from exporter.quiet import silenced
 from tests.conftest import REPO, need_fixture
 from tests.runtime.fakes import fake_bundle, fake_exporters, shared_trained_bundle
 
@@ -216,3 +222,111 @@ def test_eval_tokens_need_the_reference_model(tmp_path, capsys):
     np.save(tmp_path / "t.npy", np.arange(10))
     code, _, err = run(capsys, "validate", str(bundle), "--backend", "reference", "--eval-tokens", str(tmp_path / "t.npy"))
     assert code == 2 and "--model" in one_line(err)
+
+
+# What the libraries print unasked (exporter/quiet.py lists each line): Python warnings, their log lines
+# (torch's own format "W1208 12:00:00.000000 123 torch/...py:630]"), ExecuTorch's C++ log ("[threadpool.cpp:66]").
+NOISE = re.compile(r"Warning\b|\.py:\d+|^[WIE]\d{4} |cpuinfo|threadpool|torchao|triton|torchvision|torch\.onnx|"
+                   r"Failed to load")
+
+
+def noise(*texts: str) -> list[str]:
+    return [line for text in texts for line in text.splitlines() if NOISE.search(line)]
+
+
+def cli(*argv: str) -> subprocess.CompletedProcess:
+    """`qwen-edge` in a fresh process: the libraries' import-time noise happens only once a process."""
+    return subprocess.run([sys.executable, "-m", "exporter.cli", *argv], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def quiet_export(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One normal export of `tiny` to ONNX, validated: what the ONNX exporter and the reference say on the way."""
+    out = tmp_path_factory.mktemp("quiet") / "bundle"
+    return out, cli("export", "tiny", "--out", str(out), "--format", "onnx", *SMALL_FLAGS)
+
+
+def test_a_normal_export_and_run_print_only_our_lines(quiet_export):
+    out, export = quiet_export
+    assert export.returncode == 0, export.stderr[-2000:]
+    assert export.stdout.startswith(f"wrote {out}") and "PASSED" in export.stderr
+    assert noise(export.stdout, export.stderr) == []
+    run_onnx = cli("run", str(out), "--prompt-ids", "1,2,3", "--max-new-tokens", "4", "--backend", "onnx")
+    assert run_onnx.returncode == 0 and "[onnx: 3 prompt tokens" in run_onnx.stderr
+    assert noise(run_onnx.stdout, run_onnx.stderr) == []
+    # Asking for the pte backend imports ExecuTorch (and, through it, torchao) before the bundle says it has
+    # no .pte: the one-line error stays, the libraries' import notes do not.
+    run_pte = cli("run", str(out), "--prompt-ids", "1", "--backend", "pte")
+    assert run_pte.returncode == 2 and one_line(run_pte.stderr).startswith("qwen-edge run:")
+
+
+def test_verbose_brings_the_libraries_noise_back(quiet_export):
+    """The other side of the test above: the noise is there to hide, and `--verbose` shows it."""
+    out, _ = quiet_export
+    run_pte = cli("run", str(out), "--prompt-ids", "1", "--backend", "pte", "--verbose")
+    lines = run_pte.stderr.strip().splitlines()
+    assert run_pte.returncode == 2 and lines[-1].startswith("qwen-edge run:")
+    assert noise(*lines[:-1]), f"no library noise left to silence? update exporter/quiet.py:\n{run_pte.stderr}"
+
+
+def test_silenced_drops_only_the_listed_warnings_and_records():
+    from torch.onnx._internal.exporter._registration import ONNXRegistry
+    from torch.utils._pytree import LeafSpec
+
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    records = _Collect()
+    registration.addHandler(records)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with silenced():
+                LeafSpec()  # torch's deprecation of its own class
+                ONNXRegistry.from_torchlib()  # "torchvision is not installed. Skipping torchvision::nms", ...
+                warnings.warn("ours", FutureWarning)
+                registration.warning("torchvision is installed but broke")
+            LeafSpec()
+            ONNXRegistry.from_torchlib()
+    finally:
+        registration.removeHandler(records)
+    assert [str(w.message)[:30] for w in caught] == ["ours", "`isinstance(treespec, LeafSpec"]
+    messages = [r.getMessage() for r in records.records]
+    assert messages[0] == "torchvision is installed but broke"
+    assert len(messages) > 1 and all(m.startswith("torchvision is not installed") for m in messages[1:])
+
+
+def test_executorch_thread_pool_lines_are_kept_off_stderr(capfd):
+    """ExecuTorch's C++ log reaches Python's sys.stderr (its bindings redirect std::cerr), line by line."""
+    portable_lib = pytest.importorskip("executorch.extension.pybindings.portable_lib")
+    from runtime.backends import physical_cores
+
+    threads = physical_cores()  # what a pte backend sets anyway
+    with silenced():
+        portable_lib._unsafe_reset_threadpool(threads)
+    assert "threadpool" not in capfd.readouterr().err
+    portable_lib._unsafe_reset_threadpool(threads)
+    assert f"[threadpool.cpp:66] Resetting threadpool to {threads} threads." in capfd.readouterr().err
+
+
+def test_only_the_listed_runtime_lines_are_dropped(capsys):
+    """Any other line (a real error), a progress bar's partial write and our own lines pass, in order.
+
+    The writes are ExecuTorch's: one per line, the newline included (its log ends each line with std::endl).
+    """
+    with silenced():
+        sys.stderr.write("[threadpool.cpp:66] Resetting threadpool to 4 threads.\n"
+                         "[method.cpp:353] external_data_map is null\n")
+        sys.stderr.write("\rvalidate pte:  50%|#####     | 21/42")
+        sys.stderr.write("[cpuinfo_utils.cpp:125] CPU info and manual query on # of cpus dont match.\n")
+        print("qwen-edge run: ours", file=sys.stderr)
+    assert capsys.readouterr().err == ("[method.cpp:353] external_data_map is null\n"
+                                       "\rvalidate pte:  50%|#####     | 21/42qwen-edge run: ours\n")
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from exporter.config import FULL, LINEAR, parse_config, preset, to_hf, load_config
-from exporter.errors import ConfigError
+from exporter.config import preset
+from runtime.config import FULL, LINEAR, load_config, parse_config, to_hf
+from runtime.errors import ConfigError
 
 
 def text_fields(**overrides):

@@ -17,8 +17,10 @@ import torch
 
 from exporter.artifact import ExportOptions
 from exporter.checkpoint import load_model, random_model
-from exporter.config import FULL, preset
-from exporter.executorch import PTE, export_executorch, export_program, lower_custom_ops
+from exporter.config import preset
+from exporter.executorch import export_executorch, export_program, lower_custom_ops
+from runtime.config import FULL
+from runtime.contract import PTD, PTE
 
 ATOL = 1e-3
 PROMPT_LEN, DECODE_STEPS = 20, 16
@@ -28,7 +30,7 @@ OPTIONS = ExportOptions(max_seq_len=64, prefill_chunk=32)
 def load_forward(out: Path):
     from executorch.runtime import Runtime
 
-    data = out / "model.ptd"
+    data = out / PTD
     program = Runtime.get().load_program(str(out / PTE), data_path=str(data) if data.exists() else None)
     method = program.load_method("forward")
     return lambda tokens, pos: method.execute([tokens, torch.tensor([pos])])[0]
@@ -105,11 +107,18 @@ def test_past_capacity_slides_instead_of_failing(exported):
 def test_artifact_describes_the_program(exported):
     config, _, out, artifact = exported
     assert artifact.files[0] == PTE and all((out / f).is_file() for f in artifact.files)
+    assert sorted(p.name for p in out.iterdir()) == sorted(artifact.files)  # no staging directory left behind
     meta = artifact.details["constant_methods"]
     assert meta["get_max_seq_len"] == OPTIONS.prefill_chunk and meta["get_max_context_len"] == OPTIONS.max_seq_len
     assert meta["enable_dynamic_shape"] is True and meta["get_vocab_size"] == config.text.vocab_size
     report, layers = artifact.details["export_report"], config.text.layer_types
     assert report["delegated_ops"] > 0 and all("reason" in v for v in report["not_delegated"].values())
+    assert report["not_delegated"]["aten.index_put.default"]["reason"].startswith("KV-cache write")
+    # Each op of ours is reported as what its lowering table (ops.LOWERINGS) says it became.
+    ours = {"qwen35::causal_conv1d", "qwen35::gated_delta_rule"} | ({"qwen35::moe"} if config.is_moe else set())
+    assert set(report["custom_ops"]) == ours
+    if artifact.details["kernels"] == "llm":
+        assert "llama::gated_delta_rule" in report["custom_ops"]["qwen35::gated_delta_rule"]
     # No custom op of ours survives into the program; ExecuTorch's LLM ops only where asked for.
     custom = [name for name in report["kernel_calls"] if name.startswith(("qwen35", "llama"))]
     if artifact.details["kernels"] == "llm":
@@ -134,7 +143,7 @@ def test_artifact_describes_the_program(exported):
 
 def test_graph_tidying_folds_round_trips_and_computes_repeats_once():
     """The passes between export and lowering: same outputs, no transpose pair, no repeated op."""
-    from exporter.executorch import dedupe, fold_round_trips
+    from exporter.executorch.passes import dedupe, fold_round_trips
 
     class Twice(torch.nn.Module):
         def __init__(self):
@@ -162,7 +171,7 @@ def test_graph_tidying_folds_round_trips_and_computes_repeats_once():
 def test_state_resets_fold_into_the_first_decay():
     """No delta rule reads `S * keep` after `fold_state_resets`: the buffer goes in as it is (the reset
     itself is checked end to end by test_new_sequence_does_not_see_the_previous_one)."""
-    from exporter.executorch import fold_state_resets
+    from exporter.executorch.passes import fold_state_resets
 
     options = ExportOptions(max_seq_len=16, prefill_chunk=8)
     program = export_program(random_model(preset("tiny"), seed=0), options)
@@ -173,11 +182,36 @@ def test_state_resets_fold_into_the_first_decay():
     assert rules and not any(n.args[6].target == torch.ops.aten.mul.Tensor for n in rules)
 
 
+def test_private_api_switch_turns_every_shortcut_off():
+    """`private_api.shortcuts(False)`: the stock partitioner, XNNPACK's pass manager untouched,
+    provenance kept whole; on again after the block. (That the bytes stay the same is
+    test_quantize.py's test_lowering_shortcuts_write_the_same_program.)"""
+    from executorch.backends.xnnpack._passes import XNNPACKPassManager
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+        XnnpackPartitioner,
+    )
+
+    from exporter.executorch import private_api
+
+    assert private_api.enabled() and type(private_api.xnnpack_partitioner()) is not XnnpackPartitioner
+    with private_api.shortcuts(False):
+        assert not private_api.enabled() and type(private_api.xnnpack_partitioner()) is XnnpackPartitioner
+        init = XNNPACKPassManager.__init__
+        with private_api.applicable_xnnpack_passes(), private_api.shape_only_quant_ops():
+            assert XNNPACKPassManager.__init__ is init
+        program = torch.export.export(torch.nn.Linear(2, 2), (torch.randn(1, 2),))
+        graph = program.run_decompositions({}).run_decompositions({}).graph_module  # chains two deep
+        chains = {n.name: n.meta.get("from_node") for n in graph.graph.nodes}
+        private_api.root_provenance(graph)
+        assert {n.name: n.meta.get("from_node") for n in graph.graph.nodes} == chains
+    assert private_api.enabled()
+
+
 def test_lowering_hands_to_edge_no_asserts_and_no_per_node_check():
     """What spares `to_edge` retraces: the dtype asserts are gone before it, and the partitioner drops
     its per-node check because every linear passes it. A linear XNNPACK cannot take (its weight an
     input, not a constant) keeps the check, so that path still decides per node."""
-    from exporter.executorch import export_program, lower_custom_ops, xnnpack_partitioner
+    from exporter.executorch.private_api import xnnpack_partitioner
 
     options = ExportOptions(max_seq_len=16, prefill_chunk=8)
     exported_program = export_program(random_model(preset("tiny"), seed=0), options)
@@ -201,7 +235,8 @@ def test_xnnpack_passes_are_dropped_only_where_their_ops_are_absent(monkeypatch)
     pass rewrites `_prelu_kernel`, which XNNPACK's partitioner keeps as `prelu`: it never applies here)."""
     from executorch.backends.xnnpack._passes import XNNPACKPassManager
 
-    from exporter.executorch import _PASS_APPLIES, lower_to_xnnpack
+    from exporter.executorch.private_api import _PASS_APPLIES
+    from exporter.executorch.xnnpack import lower_to_xnnpack
 
     ran = []
     transform = XNNPACKPassManager.transform
@@ -230,9 +265,11 @@ def test_xnnpack_passes_are_dropped_only_where_their_ops_are_absent(monkeypatch)
 
 def test_rooted_provenance_names_the_same_exported_nodes():
     """`root_provenance` cuts each chain to one level and keeps the exported node a debug handle names."""
-    from executorch.exir.debug_handle_utils import get_greatest_ancestor_node_identifier as root_of
+    from executorch.exir.debug_handle_utils import (
+        get_greatest_ancestor_node_identifier as root_of,
+    )
 
-    from exporter.executorch import export_program, root_provenance
+    from exporter.executorch.private_api import root_provenance
 
     def depth(source):
         return 1 + max((depth(parent) for parent in source.from_node), default=0)
@@ -284,7 +321,7 @@ def test_stock_runner_generates_the_reference_greedy_text(tmp_path, trained_chec
         state, token = out.state, out.logits[:, -1].argmax(-1, keepdim=True)
     expected = tokenizer.decode(generated)
 
-    runner = TextLLMRunner(str(tmp_path / PTE), str(trained_checkpoint / "tokenizer.json"), str(tmp_path / "model.ptd"))
+    runner = TextLLMRunner(str(tmp_path / PTE), str(trained_checkpoint / "tokenizer.json"), str(tmp_path / PTD))
     pieces = []
     runner.generate(prompt, GenerationConfig(max_new_tokens=24, temperature=0.0, echo=False), token_callback=pieces.append)
     assert "".join(pieces) == expected

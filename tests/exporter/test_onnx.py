@@ -18,18 +18,20 @@ import torch
 import ops
 from exporter.artifact import Artifact, ExportOptions
 from exporter.checkpoint import random_model
-from exporter.config import FULL, ModelConfig, preset
+from exporter.config import preset
 from exporter.model import Qwen35Model
-from exporter.onnx import DATA_FILE, MODEL_FILE, OnnxExportError, capacity_kv, export_onnx, io_names, save_atomically
-from exporter.onnx_ops import moe_portable, ort_schema
-from ops.moe import moe_reference
+from exporter.onnx import OnnxExportError, export_onnx, save_atomically
+from ops.moe import moe_portable, moe_reference
+from ops.onnx_contrib import ort_schema
+from runtime.config import FULL, ModelConfig
+from runtime.contract import ONNX_DATA, ONNX_MODEL, capacity_kv, io_names
 from tests.exporter import onnx_feeds
 
 ort = pytest.importorskip("onnxruntime")
 
 PROMPT, DECODE, BATCH = 20, 16, 2
 OPTIONS = dict(max_seq_len=64, prefill_chunk=32)  # a 20-token prompt fits one call
-# fp32 logits: the bound the lowering promises (issue 5); observed ~1e-6, from reassociated fp32 sums
+# fp32 logits: the bound the lowering promises; observed ~1e-6, from reassociated fp32 sums
 # (ONNX Runtime's GEMMs and LinearAttention's own chunking against PyTorch's).
 LOGITS_ATOL = 1e-3
 # fp32 states (KV rows, conv taps, recurrent matrices, all O(1)): the same reassociation, observed ~5e-6.
@@ -184,7 +186,7 @@ def test_io_follows_the_artifact_contract(exported):
 
 def test_external_data_layout_runs_the_same(exported, tmp_path):
     """Above 64 MiB of weights they go to model.onnx.data; the tiny presets never get there, so write them so."""
-    save_atomically(ir.load(exported.out_dir / "model.onnx"), tmp_path, MODEL_FILE, DATA_FILE)
+    save_atomically(ir.load(exported.out_dir / "model.onnx"), tmp_path, ONNX_MODEL, ONNX_DATA)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
     external = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     ids = prompt_ids(exported.config, steps=5)
@@ -310,7 +312,7 @@ def test_portable_moe_matches_reference_on_both_sides_of_the_gather_bound(tmp_pa
 
 
 def test_states_bound_in_place_give_what_fresh_buffers_give(exported):
-    """The parts the export records as updatable in place (`exporter.onnx_state`), bound as their own output
+    """The parts the export records as updatable in place (`exporter.onnx.state`), bound as their own output
     through prompt chunks and decode steps, give the logits and states of fresh buffers, bit for bit."""
     parts = exported.artifact.details["state_in_place"]["parts"]
     if capacity_kv(exported.profile):  # every state: what runtime.backends and onnxruntime-genai bind

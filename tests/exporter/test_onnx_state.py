@@ -1,4 +1,4 @@
-"""exporter.onnx_state: which states a runtime may bind as their own output, on hand-built graphs.
+"""exporter.onnx.state: which states a runtime may bind as their own output, on hand-built graphs.
 
 Each graph is the smallest one that has, or lacks, the property: a reader of the past that does
 or does not finish before the present's writer starts. The last test runs one that lacks it
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from exporter.onnx_state import in_place_states
+from exporter.onnx.state import in_place_states
 
 PAIRS = {"past": "present"}
 

@@ -17,9 +17,10 @@ import pytest
 import torch
 
 from exporter.checkpoint import load_model, load_vision, random_vision
-from exporter.errors import CheckpointError, InputError
-from exporter.image_prompt import build_image_prompt, expand_image_pads, mrope_positions
-from exporter.vision import encode_images
+from exporter.vision.prompt import build_image_prompt
+from exporter.vision.tower import encode_images
+from runtime.errors import CheckpointError, InputError
+from runtime.image_prompt import expand_image_pads, mrope_positions
 from tests.exporter.oracle import MULTIMODAL_IDS, build, save
 from tests.exporter.test_parity import assert_close_to_scale
 
@@ -153,7 +154,7 @@ def test_positions_match_transformers_get_rope_index(oracle):
         input_ids, mm_token_type_ids=(input_ids == PAD).int(), image_grid_thw=torch.tensor(grids)
     )
     positions, next_position = mrope_positions(ids, grids, config)
-    assert torch.equal(positions, ref[:, 0])
+    assert torch.equal(torch.from_numpy(positions), ref[:, 0])
     assert next_position == len(ids) + delta.item()
 
 

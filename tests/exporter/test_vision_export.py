@@ -17,15 +17,15 @@ import torch
 
 from exporter.artifact import ExportOptions
 from exporter.checkpoint import load_vision
-from exporter.vision import grid_tables
-from exporter.vision_export import (
-    INPUT_NAMES,
-    VISION_METHOD,
+from exporter.vision.export import (
     VisionExportError,
     example_inputs,
     export_vision_executorch,
     export_vision_onnx,
 )
+from runtime.contract import VISION_INPUTS as INPUT_NAMES
+from runtime.contract import VISION_METHOD
+from runtime.image_prompt import grid_tables
 from tests.exporter.oracle import build, save
 
 FP32_TOL = 2e-5
@@ -77,7 +77,7 @@ def test_exported_encoder_matches_the_tower_at_every_image_size(tower, tmp_path,
         assert err <= FP32_TOL, f"{fmt}, grid {grid}: max abs error {err:.3g} > {FP32_TOL}"
     spec = artifact.details
     assert spec["max_image_tokens"] == MAX_TOKENS and spec["max_pixels"] == MAX_TOKENS * 32 * 32
-    assert [i["name"] for i in spec["inputs"]] == INPUT_NAMES
+    assert [i["name"] for i in spec["inputs"]] == list(INPUT_NAMES)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -2,9 +2,12 @@
 
 import pytest
 import torch
-from transformers.models.qwen3_5.modeling_qwen3_5 import causal_conv1d_fn, causal_conv1d_update
+from transformers.models.qwen3_5.modeling_qwen3_5 import (
+    causal_conv1d_fn,
+    causal_conv1d_update,
+)
 
-from ops.causal_conv1d import causal_conv1d, conv_causal_conv1d, decomposition, recurrent_causal_conv1d
+from ops.causal_conv1d import causal_conv1d, conv_causal_conv1d, recurrent_causal_conv1d
 
 # fp32 max-abs: each output sums K = 4 products of O(1) values (|sum| up to ~10), so a different
 # summation order moves it by ~1e-6 (observed <= 1e-6); 1e-5 keeps a 10x margin.
@@ -92,7 +95,7 @@ def test_bf16_keeps_dtype_and_matches_fp32_oracle_on_the_same_values():
 def test_decomposition_exports_with_dynamic_time():
     class Decomposed(torch.nn.Module):
         def forward(self, x, weight, state):
-            return decomposition(x, weight, initial_state=state)
+            return conv_causal_conv1d(x, weight, initial_state=state)
 
     (x, weight), kwargs = make_inputs(8, batch=1)
     dynamic_shapes = ({1: torch.export.Dim("T", max=4096)}, None, None)

@@ -11,7 +11,6 @@ from transformers.models.qwen3_5.modeling_qwen3_5 import (
 from ops.gated_delta_rule import (
     DEFAULT_CHUNK_SIZE,
     chunked_gated_delta_rule,
-    decomposition,
     delegable_gated_delta_rule,
     gated_delta_rule,
     invert_unit_lower,
@@ -52,7 +51,6 @@ def test_oracle_chunked_and_op_agree(steps, k_heads, v_heads, with_state):
     args, kwargs = make_inputs(steps, k_heads=k_heads, v_heads=v_heads, with_state=with_state)
     expected = recurrent_gated_delta_rule(*args, **kwargs)
     assert_pair_close(chunked_gated_delta_rule(*args, **kwargs, chunk_size=SMALL_CHUNK), expected)
-    assert_pair_close(chunked_gated_delta_rule(*args, **kwargs, chunk_size=SMALL_CHUNK, pad_to=96), expected)
     assert_pair_close(gated_delta_rule(*args, **kwargs), expected)
 
 
@@ -171,23 +169,6 @@ def test_neumann_product_loses_accuracy_on_correlated_keys():
         neumann = neumann + neumann @ power
     assert (neumann.double() - exact).abs().max() > 1.0
     assert (invert_unit_lower(a).double() - exact).abs().max() < FP32_ATOL
-
-
-def test_decomposition_exports_with_dynamic_time_and_static_chunk_count():
-    # What the ExecuTorch lowering relies on: with pad_to, T may vary up to pad_to in one graph.
-    class Decomposed(torch.nn.Module):
-        def forward(self, q, k, v, g, beta, state):
-            return decomposition(
-                q, k, v, g, beta, scale=0.25, initial_state=state, chunk_size=SMALL_CHUNK, pad_to=2 * SMALL_CHUNK
-            )
-
-    args, kwargs = make_inputs(5, batch=1)
-    dynamic_shapes = ({1: torch.export.Dim("T", max=2 * SMALL_CHUNK)},) * 5 + (None,)
-    program = torch.export.export(Decomposed(), (*args, kwargs["initial_state"]), dynamic_shapes=dynamic_shapes)
-    for steps in (1, SMALL_CHUNK + 1, 2 * SMALL_CHUNK):
-        step_args, _ = make_inputs(steps, batch=1, seed=steps)
-        expected = recurrent_gated_delta_rule(*step_args, scale=0.25, initial_state=kwargs["initial_state"])
-        assert_pair_close(program.module()(*step_args, kwargs["initial_state"]), expected)
 
 
 @pytest.mark.parametrize("steps, with_state", [(1, True), (5, True), (5, False)])

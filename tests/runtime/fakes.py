@@ -48,11 +48,32 @@ def export_slow(model, config, out_dir: Path, options: ExportOptions) -> Artifac
     raise RuntimeError("export_slow was not interrupted")
 
 
+SEEN: list[tuple[str, int, float]] = []  # (format, id(model), sum of |weights|) as each lowering received it
+
+
+def export_zeroing(model, config, out_dir: Path, options: ExportOptions) -> Artifact:
+    """Changes its model in place, as a quantizing lowering may, after noting what it was given."""
+    import torch
+
+    SEEN.append(("zeroing", id(model), float(sum(p.abs().sum() for p in model.parameters()))))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.zero_()
+    (out_dir / "model.zeroing").write_bytes(b"zeroed\n")
+    return Artifact("zeroing", ["model.zeroing"], options.quant, {})
+
+
+def export_reading(model, config, out_dir: Path, options: ExportOptions) -> Artifact:
+    SEEN.append(("reading", id(model), float(sum(p.abs().sum() for p in model.parameters()))))
+    (out_dir / "model.reading").write_bytes(b"read only\n")
+    return Artifact("reading", ["model.reading"], options.quant, {})
+
+
 @contextlib.contextmanager
 def fake_exporters():
-    """Register the fakes as formats `fake`, `failing`, `interrupted` and `slow` for the duration."""
+    """Register the fakes as formats `fake`, `failing`, `interrupted`, `slow`, `zeroing`, `reading` for the duration."""
     with pytest.MonkeyPatch.context() as mp:
-        for name in ("fake", "failing", "interrupted", "slow"):
+        for name in ("fake", "failing", "interrupted", "slow", "zeroing", "reading"):
             mp.setitem(bundle_module.EXPORTERS, name, (__name__, f"export_{name}"))
         yield
 
@@ -80,10 +101,9 @@ def contract_onnx(config) -> "onnx.ModelProto":  # noqa: F821
     and the state a backend feeds back can be read off the outputs.
     """
     import numpy as np
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from exporter.artifact import state_names
+    from runtime.contract import state_names
 
     t = config.text
     V = t.vocab_size
@@ -135,7 +155,7 @@ def contract_onnx(config) -> "onnx.ModelProto":  # noqa: F821
 def export_contract_onnx(model, config, out_dir: Path, options: ExportOptions) -> Artifact:
     import onnx
 
-    from exporter.onnx_state import state_in_place
+    from exporter.onnx.state import state_in_place
 
     onnx.save(contract_onnx(config), out_dir / "model.onnx")
     return Artifact("onnx", ["model.onnx"], options.quant, {"profile": "toy", "note": "contract test double",

@@ -78,7 +78,7 @@ def test_a_tampered_artifact_is_refused(exported, tmp_path):
 
 @pytest.mark.slow
 def test_trained_fixture_generates_the_reference_text_on_every_backend(tmp_path):
-    """Issue 7's check: export the trained model to both formats; each backend writes the reference's text."""
+    """Export the trained model to both formats; each backend writes the reference's text."""
     for module in MODULES.values():
         need_module(module)
     checkpoint = need_fixture("qwen35-tiny-code")

@@ -123,7 +123,9 @@ def test_files_are_read_upright_with_transparency_kept(tmp_path):
 
 
 def test_smart_resize_matches_transformers_on_edge_sizes():
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as reference
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        smart_resize as reference,
+    )
 
     for height, width in [(1, 1), (16, 48), (47, 49), (1000, 5), (4095, 4097), (8000, 6000), (80, 16000)]:
         assert smart_resize(height, width) == reference(height, width, 32, rimage.MIN_PIXELS, rimage.MAX_PIXELS)

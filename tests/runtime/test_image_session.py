@@ -21,9 +21,8 @@ import runtime
 from exporter.artifact import ExportOptions
 from exporter.bundle import export_bundle
 from exporter.cli import main
-from exporter.errors import QwenEdgeError
 from runtime.bundle import open_bundle
-from runtime.errors import BundleError
+from runtime.errors import BundleError, QwenEdgeError
 from runtime.image import preprocess
 from runtime.validate import validate_bundle, validation_image
 from runtime.vision import image_spec
@@ -188,3 +187,39 @@ def test_text_only_export_of_a_multimodal_checkpoint_drops_every_image_path(mult
     for backend in ("onnx", "pte"):
         logits = runtime.load(bundle, backend).prefill(ids)
         assert_close_to_scale(torch.from_numpy(logits)[None], ref, f"{backend}: text-only bundle")
+
+
+_TORCH_FREE_SESSION = """
+import sys
+import numpy as np
+import runtime
+from runtime.image import preprocess
+from runtime.validate import validation_image
+from runtime.vision import image_spec
+session = runtime.load(sys.argv[1], "onnx", threads=1)
+image = preprocess(validation_image(), image_spec(session.bundle))
+logits = [session.prefill_images([int(t) for t in sys.argv[3].split(",")], [image])]
+logits.append(session.decode(int(np.argmax(logits[-1]))))
+np.save(sys.argv[2], np.stack(logits))
+loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith(("torch.", "exporter")))
+print("loaded:", ",".join(loaded))
+"""
+
+
+def test_an_onnx_image_session_never_imports_torch(multimodal, tmp_path):
+    """The runtime's ONNX path (preprocessing, grid tables, encoder, decoder) needs no torch and no exporter."""
+    import subprocess
+    import sys
+
+    _, checkpoint, bundle = multimodal
+    out = tmp_path / "logits.npy"
+    done = subprocess.run([sys.executable, "-c", _TORCH_FREE_SESSION, str(bundle.root), str(out),
+                           ",".join(map(str, _prompt()))], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "loaded:", done.stdout
+    # The same numbers as an ONNX session in this (torch-importing) process: the run was the real one.
+    session = runtime.load(bundle, "onnx", threads=1)
+    image = preprocess(validation_image(), image_spec(bundle))
+    expected = [session.prefill_images(_prompt(), [image])]
+    expected.append(session.decode(int(np.argmax(expected[-1]))))
+    np.testing.assert_array_equal(np.load(out), np.stack(expected))

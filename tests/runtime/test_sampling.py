@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exporter.errors import QwenEdgeError
+from runtime.errors import QwenEdgeError
 from runtime.sampling import Sampler, Sampling, softmax, top_k_mask, top_p_mask
 
 LOGITS = np.log(np.array([0.05, 0.4, 0.1, 0.3, 0.15]))  # probabilities sorted: 1, 3, 4, 2, 0

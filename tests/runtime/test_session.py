@@ -12,8 +12,8 @@ import torch
 import runtime
 from exporter.checkpoint import load_model, random_model
 from exporter.config import preset
-from exporter.errors import QwenEdgeError
 from runtime.bundle import open_bundle
+from runtime.errors import QwenEdgeError
 from tests.conftest import need_fixture
 from tests.runtime.fakes import fake_bundle, shared_trained_bundle
 

@@ -1,5 +1,5 @@
 """Validation: the reference passes against its own golden outputs, a changed layer is found and named,
-perplexity on held-out tokens is reported with the fields issue 6 reads, and the tolerance table is data."""
+perplexity on held-out tokens is reported with the fields a quality table reads, and the tolerance table is data."""
 
 from __future__ import annotations
 
@@ -11,18 +11,23 @@ import pytest
 import torch
 
 import runtime.validate
-
 from exporter.checkpoint import random_model, save_checkpoint
 from exporter.config import preset
-from exporter.errors import QwenEdgeError
 from runtime.bundle import open_bundle
 from runtime.compare import greedy_check, logit_check, logit_metrics
+from runtime.errors import QwenEdgeError
 from runtime.tolerances import TOLERANCES, tolerance
-from runtime.validate import ARTIFACT_LAYER_NOTE, build_oracle, format_report, validate_bundle, write_report
+from runtime.validate import (
+    ARTIFACT_LAYER_NOTE,
+    build_oracle,
+    format_report,
+    validate_bundle,
+    write_report,
+)
 from tests.conftest import need_fixture
 from tests.runtime.fakes import fake_bundle, shared_trained_bundle
 
-ISSUE_6_FIELDS = {"format", "quant", "perplexity", "reference_perplexity", "top1_agreement", "greedy_agreement",
+QUALITY_FIELDS = {"format", "quant", "perplexity", "reference_perplexity", "top1_agreement", "greedy_agreement",
                   "size_bytes"}
 
 
@@ -73,14 +78,14 @@ def test_trained_reference_passes_against_golden_and_checkpoint():
     assert report["passed"] and report["reference"]["kind"] == "checkpoint"
 
 
-def test_eval_tokens_report_perplexity_with_issue_6_fields(tiny_bundle, tmp_path, monkeypatch):
+def test_eval_tokens_report_perplexity_with_quality_fields(tiny_bundle, tmp_path, monkeypatch):
     monkeypatch.setattr(runtime.validate, "EVAL_GREEDY_STEPS", 8)
     tokens = np.random.default_rng(0).integers(0, 1024, size=300).astype(np.uint32)
     np.save(tmp_path / "tokens.npy", tokens)
     report = validate_bundle(tiny_bundle, "reference", eval_tokens=tmp_path / "tokens.npy", eval_window=64,
                              eval_max_tokens=130)
     (entry,) = report["artifacts"]
-    assert ISSUE_6_FIELDS <= entry.keys()
+    assert QUALITY_FIELDS <= entry.keys()
     assert report["eval"]["tokens"] == 130 and report["eval"]["windows"] == 3
     greedy = next(c for c in entry["checks"] if c["name"].startswith("greedy decode on"))
     assert greedy["metrics"] == {"agreement": 1.0, "worst": 1.0, "prompts": 3, "steps": 8}

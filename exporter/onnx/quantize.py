@@ -1,6 +1,6 @@
 """Quantizing an exported ONNX decoder: MatMul -> MatMulNBits, embedding Gather -> GatherBlockQuantized.
 
-`quantize_onnx` rewrites the fp32 graph that `exporter.onnx` traced, in place, into ONNX
+`quantize_onnx` rewrites the fp32 graph that `exporter.onnx.export` traced, in place, into ONNX
 Runtime's contrib ops:
 
 - each quantized linear (a MatMul on a [K, N] initializer) becomes `MatMulNBits` with the
@@ -36,10 +36,17 @@ import torch
 from torch import nn
 
 from exporter.quantize import (
-    SCHEMES, SOLVER_ROWS, QuantizationError, QuantRecipe, check_group_size, dequantize, qparams, quantized_linears,
+    SCHEMES,
+    SOLVER_ROWS,
+    QuantizationError,
+    QuantRecipe,
+    check_group_size,
+    dequantize,
+    qparams,
+    quantized_linears,
 )
+from ops.onnx_contrib import CONTRIB_DOMAIN
 
-MS_DOMAIN = "com.microsoft"
 HALF_SCALES = "_fp16"  # name suffix of scales stored in fp16 (the Cast's output drops it)
 # MatMulNBits accuracy_level per scheme: 1 keeps fp32 activations, 4 lets ORT quantize them to int8 per block.
 ACCURACY_LEVEL = {"8w": 4, "4w": 1, "8da4w": 4}
@@ -161,7 +168,7 @@ def _replace(graph: ir.Graph, old: ir.Node, new: ir.Node) -> None:
 
 def _matmul_nbits(x: ir.Value, b: ir.Value, scales: ir.Value, q: _Quantized, level: int, like: ir.Node) -> ir.Node:
     attributes = {"K": q.k, "N": q.n, "bits": q.bits, "block_size": q.block, "accuracy_level": level}
-    return ir.Node(MS_DOMAIN, "MatMulNBits", [x, b, scales], ir.convenience.convert_attributes(attributes),
+    return ir.Node(CONTRIB_DOMAIN, "MatMulNBits", [x, b, scales], ir.convenience.convert_attributes(attributes),
                    name=f"{like.name}_nbits", metadata_props=dict(like.metadata_props))
 
 
@@ -229,7 +236,7 @@ def _gather(graph: ir.Graph, node: ir.Node, data: ir.Value, scales: ir.Value, q:
     scales_3d = _reshape(graph, scales, [q.n, -1, 1], f"{node.name}_scale_blocks")
     attributes = ir.convenience.convert_attributes(
         {"bits": q.bits, "block_size": q.block, "gather_axis": 0, "quantize_axis": 2})
-    gbq = ir.Node(MS_DOMAIN, "GatherBlockQuantized", [data, node.inputs[1], scales_3d], attributes,
+    gbq = ir.Node(CONTRIB_DOMAIN, "GatherBlockQuantized", [data, node.inputs[1], scales_3d], attributes,
                   name=f"{node.name}_blockquantized", metadata_props=dict(node.metadata_props))
     rows = ir.Node("", "Reshape", [gbq.outputs[0], _int64(graph, f"{node.name}.rows_shape", [0, 0, -1])],
                    name=f"{node.name}_rows")  # [B, T, blocks, block] -> [B, T, padded D]
@@ -284,7 +291,7 @@ def _pack_siblings(graph: ir.Graph) -> dict[str, int]:
     """
     groups: dict[tuple, list[ir.Node]] = {}
     for node in graph:
-        if node.domain != MS_DOMAIN or node.op_type != "MatMulNBits" or len(node.inputs) != 3:
+        if node.domain != CONTRIB_DOMAIN or node.op_type != "MatMulNBits" or len(node.inputs) != 3:
             continue
         data, scales = node.inputs[1], _stored_scales(node.inputs[2])
         if data.const_value is None or scales is None or len(data.uses()) != 1:
@@ -320,7 +327,7 @@ def _pack(graph: ir.Graph, nodes: list[ir.Node]) -> None:
                        name=f"{name}.scales" + (HALF_SCALES if half else ""))
     attributes = {a.name: a for a in first.attributes.values()}
     attributes["N"] = ir.AttrInt64("N", sum(widths))
-    matmul = ir.Node(MS_DOMAIN, "MatMulNBits", [first.inputs[0], _initializer(graph, data), _fp32_scales(graph, scales)],
+    matmul = ir.Node(CONTRIB_DOMAIN, "MatMulNBits", [first.inputs[0], _initializer(graph, data), _fp32_scales(graph, scales)],
                      attributes.values(), name=f"{first.name}_packed", metadata_props=dict(first.metadata_props))
     split = ir.Node("", "Split", [matmul.outputs[0], _int64(graph, f"{name}.split", widths)],
                     ir.convenience.convert_attributes({"axis": -1}), num_outputs=len(nodes), name=f"{first.name}_unpack")
@@ -336,7 +343,7 @@ def quantize_linears_onnx(onnx_model: ir.Model, module: nn.Module, recipe: Quant
     from onnx_ir.passes.common import RemoveUnusedNodesPass
 
     check_group_size(module, recipe)
-    onnx_model.opset_imports.setdefault(MS_DOMAIN, 1)
+    onnx_model.opset_imports.setdefault(CONTRIB_DOMAIN, 1)
     errors = _quantize_linears(onnx_model.graph, module, recipe, ACCURACY_LEVEL[recipe.scheme])
     RemoveUnusedNodesPass()(onnx_model)
     return {"matrices": len(errors), "accuracy_level": ACCURACY_LEVEL[recipe.scheme],
@@ -351,7 +358,7 @@ def quantize_onnx(onnx_model: ir.Model, model: nn.Module, recipe: QuantRecipe) -
         raise QuantizationError(f"{recipe.scheme}: not an integer scheme; nothing to rewrite")
     level = ACCURACY_LEVEL[recipe.scheme]
     graph = onnx_model.graph
-    onnx_model.opset_imports.setdefault(MS_DOMAIN, 1)
+    onnx_model.opset_imports.setdefault(CONTRIB_DOMAIN, 1)
     errors = _quantize_linears(graph, model, recipe, level)
     embedding = _quantize_embedding(graph, model, recipe, level)
     half = sum(name.endswith(HALF_SCALES) for name in graph.initializers)  # per matrix, before packing

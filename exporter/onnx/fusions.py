@@ -23,7 +23,7 @@ reports how many of each it rewrote. Last, `drop_reshape_round_trips` lets reade
 Reshape(Reshape(x)) back to x's own shape read x (DeltaNet's v, viewed as heads by the model and
 packed again for LinearAttention).
 
-Not here: the op lowerings (`exporter.onnx_ops`), the export driver (`exporter.onnx`).
+Not here: the op lowerings (each op's `LOWERING` in `ops/`), the export driver (`exporter.onnx.export`).
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.convenience import get_const_tensor
 from onnxscript.rewriter import pattern
-from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_rms_normalization
+from onnxscript.rewriter.ort_fusions.skip_normalization import (
+    fuse_skip_rms_normalization,
+)
 
-from exporter.onnx_ops import CONTRIB_DOMAIN, ort_schema
+from ops.onnx_contrib import CONTRIB_DOMAIN, ort_schema
 
 _FLOAT = ir.DataType.FLOAT
 # The ops these rules write, as (name, domain).

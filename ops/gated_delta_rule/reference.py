@@ -1,9 +1,12 @@
-"""The gated delta rule of Qwen3.5's linear-attention (Gated DeltaNet) layers: ``qwen35::gated_delta_rule``.
+"""The math of ``qwen35::gated_delta_rule`` and its pure-PyTorch forms, oracle beside the chunked forms.
 
-This module holds the math, two pure-PyTorch references (a token-by-token oracle and a chunked
-form), the custom-op schema with its eager and fake kernels, and the plans for its ONNX translation
-and ExecuTorch lowering. It is not the DeltaNet layer: projections, the causal conv, the L2
-normalisation of q and k, the decay/beta parametrisation and the gated output norm live in the model.
+- `recurrent_gated_delta_rule`: the token-by-token oracle, also the eager kernel's decode step;
+- `chunked_gated_delta_rule`: the chunked form, the eager kernel's prefill;
+- `single_chunk_gated_delta_rule`: the whole call as one chunk of dynamic length, with no loop
+  (the portable ONNX profile's prefill branch, `ops.gated_delta_rule.onnx`).
+
+Not here: the op's schema and kernels (`ops.gated_delta_rule`), the ExecuTorch form built from the
+ops XNNPACK delegates (`ops.gated_delta_rule.executorch`).
 
 Shapes: B batch, T time, Hk query/key heads, Hv value heads (a multiple of Hk), Dk key dim, Dv value dim.
 q, k ``[B, T, Hk, Dk]``; v ``[B, T, Hv, Dv]``; g, beta ``[B, T, Hv]``; state ``[B, Hv, Dk, Dv]``.
@@ -47,7 +50,6 @@ cumulative sums, which would lose the small ones when |g| is large) and is maske
 diagonal before exp. So large |g| underflows to 0 instead of overflowing, and g = 0 gives exactly 1.
 """
 
-import functools
 from typing import Optional
 
 import torch
@@ -55,32 +57,6 @@ import torch.nn.functional as F
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 DEFAULT_CHUNK_SIZE = 32  # fastest at T = 128, 512 and 2048 in bench/bench_gated_delta_rule.py
-
-
-def _check_inputs(q, k, v, g, beta, initial_state) -> None:
-    """Raise ValueError naming the mismatched shape; the kernels assume these hold."""
-    batch, steps, k_heads, k_dim = k.shape
-    v_heads, v_dim = v.shape[-2:]
-    if q.shape != k.shape or v.shape[:2] != (batch, steps):
-        raise ValueError(
-            f"gated_delta_rule: expected q, k [B, T, Hk, Dk] and v [B, T, Hv, Dv] with equal B, T; "
-            f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}."
-        )
-    if v_heads % k_heads != 0:
-        raise ValueError(
-            f"gated_delta_rule: value heads ({v_heads}) must be a multiple of key heads ({k_heads}); "
-            f"check linear_num_value_heads / linear_num_key_heads in the config."
-        )
-    if g.shape != (batch, steps, v_heads) or beta.shape != g.shape:
-        raise ValueError(
-            f"gated_delta_rule: expected g and beta of shape [B, T, Hv] = {(batch, steps, v_heads)}; "
-            f"got g {tuple(g.shape)}, beta {tuple(beta.shape)}."
-        )
-    if initial_state is not None and initial_state.shape != (batch, v_heads, k_dim, v_dim):
-        raise ValueError(
-            f"gated_delta_rule: expected initial_state [B, Hv, Dk, Dv] = {(batch, v_heads, k_dim, v_dim)} "
-            f"or None; got {tuple(initial_state.shape)}."
-        )
 
 
 def _heads_first_fp32(q, k, v, g, beta, scale: float):
@@ -103,9 +79,6 @@ def _start_state(initial_state: Optional[torch.Tensor], k: torch.Tensor, v: torc
     return v.new_zeros(v.shape[0], v.shape[1], k.shape[-1], v.shape[-1])  # [B, H, Dk, Dv]
 
 
-# ---------------------------------------------------------------------------------------------------
-# Pure-PyTorch references
-# ---------------------------------------------------------------------------------------------------
 
 
 def recurrent_gated_delta_rule(q, k, v, g, beta, *, scale: float, initial_state: Optional[torch.Tensor]):
@@ -207,13 +180,11 @@ def chunked_gated_delta_rule(
     scale: float,
     initial_state: Optional[torch.Tensor],
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    pad_to: Optional[int] = None,
 ):
     """Chunked (WY / UT-transform) form: batched matmuls plus a loop over chunks. Returns (out, state).
 
-    ``pad_to`` pads time to that static length (>= T) so that the number of chunk iterations,
-    ceil(pad_to / chunk_size), does not depend on a dynamic T; padded steps (g = 0, beta = 0, k = 0)
-    leave the state unchanged and their outputs are dropped.
+    Time is zero-padded to whole chunks; padded steps (g = 0, beta = 0, k = 0) leave the state
+    unchanged and their outputs are dropped.
 
     Written for eager speed (it is the op's prefill kernel): every [C, D]-sized product is a bmm
     whose left factor is a small [C, C] matrix that already carries the decays and betas, so only
@@ -228,11 +199,8 @@ def chunked_gated_delta_rule(
     out_dtype = v.dtype
     batch, steps, heads, v_dim = v.shape
     k_dim = k.shape[-1]
-    length = steps if pad_to is None else pad_to
-    if length < steps:
-        raise ValueError(f"chunked_gated_delta_rule: pad_to ({pad_to}) is shorter than the sequence ({steps}).")
     size = chunk_size
-    chunks = -(-length // size)  # N, static when pad_to is given
+    chunks = -(-steps // size)  # N
     lanes = batch * heads  # L: one [Dk, Dv] state per lane
     q, k, v, g, beta = (_chunk_major(x, chunks, size, heads) for x in (q, k, v, g, beta))  # [NL, C, D], [NL, C]
 
@@ -299,188 +267,3 @@ def single_chunk_gated_delta_rule(q, k, v, g, beta, *, scale: float, initial_sta
     out = out.view(batch, heads, steps, v_dim).transpose(1, 2)  # [B, T, H, Dv]
     return out.to(out_dtype), state.view(batch, heads, k_dim, v_dim)
 
-
-# ---------------------------------------------------------------------------------------------------
-# Schema and eager kernel
-# ---------------------------------------------------------------------------------------------------
-# torch.library.custom_op refuses keyword-only Tensor arguments, so scale and initial_state are
-# positional in the schema; they keep the (q, k, v, g, beta, scale, initial_state) order and names,
-# and callers pass them by keyword: gated_delta_rule(q, k, v, g, beta, scale=s, initial_state=S).
-
-
-@torch.library.custom_op("qwen35::gated_delta_rule", mutates_args=())
-def gated_delta_rule(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    beta: torch.Tensor,
-    scale: float,
-    initial_state: Optional[torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gated delta rule over a sequence with a carried state; returns (out [B, T, Hv, Dv], state [B, Hv, Dk, Dv]).
-
-    q, k [B, T, Hk, Dk] already L2-normalised; v [B, T, Hv, Dv]; g (log-decay, <= 0) and beta [B, T, Hv];
-    initial_state fp32 [B, Hv, Dk, Dv] or None for zeros (never mutated). out has v's dtype, the state is fp32.
-
-    Eager kernel: the chunked form for prefill (T > 1), one recurrent step for decode (T == 1).
-    """
-    _check_inputs(q, k, v, g, beta, initial_state)
-    form = recurrent_gated_delta_rule if q.shape[1] == 1 else chunked_gated_delta_rule
-    out, state = form(q, k, v, g, beta, scale=scale, initial_state=initial_state)
-    return out.contiguous(), state  # the references return out as a transposed view
-
-
-# ---------------------------------------------------------------------------------------------------
-# Fake kernel
-# ---------------------------------------------------------------------------------------------------
-
-
-@gated_delta_rule.register_fake
-def _(q, k, v, g, beta, scale, initial_state):
-    _check_inputs(q, k, v, g, beta, initial_state)
-    batch, _, v_heads, v_dim = v.shape
-    out = torch.empty_like(v, memory_format=torch.contiguous_format)  # [B, T, Hv, Dv]
-    state = v.new_empty(batch, v_heads, k.shape[-1], v_dim, dtype=torch.float32)  # [B, Hv, Dk, Dv]
-    return out, state
-
-
-# ---------------------------------------------------------------------------------------------------
-# ONNX translation (implemented in exporter/onnx_ops.py, which exporter/onnx.py applies per profile)
-# ---------------------------------------------------------------------------------------------------
-# Profile "ort": gated_delta_rule_to_linear_attention. Profile "portable" (standard ONNX only):
-# gated_delta_rule_portable, an If on T == 1: one recurrent step, else
-# single_chunk_gated_delta_rule(max_len=prefill_chunk); the single-chunk form alone pays its padded
-# max_len inverse for every decoded token (at 0.8B, 15.8 ms per layer against 1.2 ms for the step).
-# The ort mapping, as planned and pinned by tests/exporter/test_onnx.py:
-# Map the node to ONNX Runtime's contrib op com.microsoft::LinearAttention (opset 1),
-# update_rule="gated_delta", q_num_heads=Hk, kv_num_heads=Hv, scale=scale: q, k, v flattened to
-# packed [B, T, H*D]; decay = g and beta as [B, T, Hv]; past_state/present_state (B, H_kv, d_k, d_v)
-# are our [B, Hv, Dk, Dv]; output (B, T, Hv*Dv) unflattened to [B, T, Hv, Dv]. H_kv > H_q is its
-# "inverse GQA", with the same consecutive grouping (h // (Hv / Hk)): checked by hand against this op
-# on ORT 1.32 CPU, max abs 5e-8. The default-domain LinearAttention (opset 27) rejects H_q < H_kv,
-# so it does not fit.
-
-
-# ---------------------------------------------------------------------------------------------------
-# ExecuTorch lowering
-# ---------------------------------------------------------------------------------------------------
-# XNNPACK has no delta-rule kernel, so exporter/executorch.py replaces the node by
-# `executorch_decomposition` (ep.run_decompositions): `delegable_gated_delta_rule`, the whole
-# sequence as one chunk of dynamic length T, written for what XNNPACK delegates with a dynamic T.
-# XNNPACK takes bmm, elementwise math, clamp, permute, cat and reshapes whose shape is all ints
-# (-1 for T); it refuses symbolic reshapes, slices of dynamic tensors, expand, cumsum, where and
-# integer math. Each refused op between two delegated ones splits the delegate, and every split
-# costs export time (each partition is traced and serialised on its own) and a runtime hand-off.
-# So the T x T masks come from one float table of index pairs, by clamps, never by comparisons;
-# the only portable ops are the index table, two cumsums and one row select, all tiny.
-# No loop and nothing sized by the prefill bound: decode (T = 1) pays for 1 x 1 matrices.
-
-
-def _pair_tables(steps_like: torch.Tensor):
-    """Float [T, T] tables from the indices i (rows), j (cols) of a [.., T] tensor's last dim.
-
-    Returns (diff, xor): i - j and i XOR j, as float32. Integer-valued, so clamps turn them into
-    exact 0/1 masks.
-    """
-    index = torch.arange(steps_like.shape[-1], device=steps_like.device)  # [T]
-    rows, cols = index.unsqueeze(1), index.unsqueeze(0)  # [T, 1], [1, T]
-    return (rows - cols).float(), torch.bitwise_xor(rows, cols).float()
-
-
-def _unit_lower_inverse_masked(a: torch.Tensor, xor: torch.Tensor, rounds: int) -> torch.Tensor:
-    """(I + a)^-1 for strictly lower-triangular a [L, T, T], T <= 2**rounds, on unpadded T x T matrices.
-
-    The block doubling of `invert_unit_lower`, with the blocks picked by masks instead of
-    reshapes: X_b, the inverse of the block-diagonal part of I + a with blocks of size b, becomes
-    X_2b = X_b - X_b (a * N_b) X_b, where N_b keeps the entries (i, j) in one block of size 2b but
-    in different blocks of size b, i.e. b <= i XOR j < 2b. Exact in exact arithmetic and as
-    accurate as the block form in fp32 (the extra products are with exact zeros).
-    """
-    inv = (1.0 - xor).clamp(0.0, 1.0) - a * xor.clamp(0.0, 1.0) * (2.0 - xor).clamp(0.0, 1.0)  # [L, T, T]: b = 1
-    for level in range(1, rounds):
-        block = float(2**level)
-        mask = (xor - (block - 1.0)).clamp(0.0, 1.0) * (2.0 * block - xor).clamp(0.0, 1.0)  # [T, T]: N_b
-        inv = inv - torch.bmm(torch.bmm(inv, a * mask), inv)  # [L, T, T]
-    return inv
-
-
-def delegable_gated_delta_rule(q, k, v, g, beta, *, scale: float, initial_state, max_len: int):
-    """The whole sequence as one chunk of dynamic length T <= max_len: the ExecuTorch form. Returns (out, state).
-
-    Same math as `single_chunk_gated_delta_rule` (the module docstring's chunk equations with one
-    chunk), built from ops XNNPACK delegates with a dynamic T (see the comment above). max_len
-    (a power of two) only fixes the number of doubling rounds.
-    """
-    if max_len < 1 or max_len & (max_len - 1):
-        raise ValueError(f"delegable_gated_delta_rule: max_len must be a power of two, got {max_len}.")
-    out_dtype = v.dtype
-    batch, _, heads, v_dim = v.shape
-    k_heads, k_dim = k.shape[2:]
-    groups = heads // k_heads
-    if groups > 1:  # value head h reads key head h // groups: a cat of views, since XNNPACK has no expand
-        q, k = (torch.cat([x.unsqueeze(3)] * groups, dim=3).view(batch, -1, heads, k_dim) for x in (q, k))
-    lanes = batch * heads
-    heads_first = lambda x: x.float().permute(0, 2, 1, 3).reshape(lanes, -1, x.shape[-1])  # noqa: E731
-    q, k, v = heads_first(q), heads_first(k), heads_first(v)  # [L, T, D]
-    g, beta = (x.float().permute(0, 2, 1).reshape(lanes, -1) for x in (g, beta))  # [L, T]
-    # The state enters every product as S^T [L, Dv, Dk], the left operand: XNNPACK packs the right
-    # operand of a batched matmul on each call, which for the 1 MB state cost more than the product.
-    # The caller's [B, H, Dk, Dv] state comes in and goes out through a transpose; ExecuTorch's
-    # decoder keeps its buffer as S^T so that the two transposes meet and cancel (`exporter.executorch.fold_round_trips`).
-    state_t = initial_state.float().transpose(-1, -2).reshape(lanes, v_dim, k_dim)  # [L, Dv, Dk]: S^T
-
-    diff, xor = _pair_tables(g)  # [T, T] each
-    lower = diff.clamp(0.0, 1.0)  # [T, T]: i > j
-    # [i, j] = g_(j+1) + ... + g_i for j < i, else 0: Mamba-2's segment sum (see `segment_sums`).
-    sums = (g.unsqueeze(-1) * lower).cumsum(dim=-2)  # [L, T, T]
-    decay = sums.exp() * (diff + 1.0).clamp(0.0, 1.0)  # [L, T, T]: D_ij, zero above the diagonal
-    from_start = g.cumsum(dim=-1).exp().unsqueeze(-1)  # [L, T, 1]: exp(gamma_i)
-    to_end = sums.select(1, -1).exp().unsqueeze(-1)  # [L, T, 1]: exp(gamma_T - gamma_j)
-
-    k_beta = k * beta.unsqueeze(-1)  # [L, T, Dk]
-    a = torch.bmm(k_beta, k.transpose(1, 2)) * decay * lower  # [L, T, T]: strictly lower
-    inv = _unit_lower_inverse_masked(a, xor, max(1, max_len.bit_length() - 1))  # [L, T, T]
-    u = torch.bmm(inv, v * beta.unsqueeze(-1))  # [L, T, Dv]
-    w = torch.bmm(inv, k_beta * from_start)  # [L, T, Dk]
-    attn = torch.bmm(q, k.transpose(1, 2)) * (decay * scale)  # [L, T, T]
-    delta_t = u.transpose(1, 2) - torch.bmm(state_t, w.transpose(1, 2))  # [L, Dv, T]
-    out_t = torch.bmm(state_t, (q * (from_start * scale)).transpose(1, 2)) + torch.bmm(delta_t, attn.transpose(1, 2))  # [L, Dv, T]
-    state_t = state_t * from_start[:, -1:] + torch.bmm(delta_t, k * to_end)  # [L, Dv, Dk]
-    out = out_t.view(batch, heads, v_dim, -1).permute(0, 3, 1, 2)  # [B, T, H, Dv]
-    return out.to(out_dtype), state_t.view(batch, heads, v_dim, k_dim).transpose(-1, -2)
-
-
-def executorch_decomposition(q, k, v, g, beta, scale, initial_state, *, max_len: int):
-    """The op's schema signature over `delegable_gated_delta_rule`; bind max_len with functools.partial."""
-    if initial_state is None:
-        initial_state = v.new_zeros(v.shape[0], v.shape[2], k.shape[-1], v.shape[-1], dtype=torch.float32)
-    return delegable_gated_delta_rule(q, k, v, g, beta, scale=scale, initial_state=initial_state, max_len=max_len)
-
-
-decomposition = chunked_gated_delta_rule
-
-
-# ExecuTorch, kernels "llm": ExecuTorch's own recurrent kernel `llama::gated_delta_rule`, from the LLM
-# custom-ops library its LLM runners and Android/iOS LLM packages link (extension/llm/custom_ops).
-# One native call per layer and token chunk instead of the delegable form's ~300 small XNNPACK ops,
-# which at T = 1 cost more in per-op overhead than the math. Its kernel is single-threaded and
-# token-by-token, so it pays at prefill what it saves at decode (bench/bench_quant.py measures both).
-# Its signature: q (already scaled), k [B, H, T, Dk], v [B, H, T, Dv], decay = exp(g) and beta
-# [B, H, T], state [B, H, Dk, Dv] -> (out [B, H, T, Dv], new state); the state is S, not S^T.
-
-
-def executorch_llm_decomposition(q, k, v, g, beta, scale, initial_state):
-    """The op's schema signature over `llama::gated_delta_rule` (the ExecuTorch LLM custom-ops kernel)."""
-    batch, _, heads, v_dim = v.shape
-    k_heads, k_dim = k.shape[2:]
-    groups = heads // k_heads
-    if groups > 1:  # value head h reads key head h // groups
-        q, k = (torch.cat([x.unsqueeze(3)] * groups, dim=3).view(batch, -1, heads, k_dim) for x in (q, k))
-    heads_first = lambda x: x.float().transpose(1, 2).clone(memory_format=torch.contiguous_format)  # noqa: E731
-    if initial_state is None:
-        initial_state = v.new_zeros(batch, heads, k_dim, v_dim, dtype=torch.float32)
-    out, state = torch.ops.llama.gated_delta_rule.default(
-        heads_first(q * scale), heads_first(k), heads_first(v), heads_first(g.exp()), heads_first(beta),
-        initial_state.float())
-    return out.transpose(1, 2).to(v.dtype), state  # [B, T, H, Dv], [B, H, Dk, Dv]

@@ -2,7 +2,7 @@
 
 What is exported is `VisionTower.encode` for one image (t = 1): pixel patches
 and the grid's host-side tables in, merged image embeddings out. The tables
-(`exporter.vision.grid_tables`: four bilinear taps per patch into the learned
+(`runtime.image_prompt.grid_tables`: four bilinear taps per patch into the learned
 position table, rotary cos/sin) are the only grid-dependent part of the tower,
 so with them as inputs the graph has one dynamic dimension, the patch count
 N = 4 M (M image tokens, 1 <= M <= `max_image_tokens`). Fixed image-size
@@ -25,7 +25,7 @@ the patch embedding, the position table and the LayerNorms stay fp32 (a
 sixth of a percent of the tower's weights, and the first layer sees raw pixels).
 
 Not here: preprocessing (`runtime.image`), splicing the embeddings into a
-prompt (`exporter.image_prompt`), the decoder's lowerings.
+prompt (`runtime.image_prompt`, `exporter.vision.prompt`), the decoder's lowerings.
 """
 
 from __future__ import annotations
@@ -38,16 +38,19 @@ import torch
 from torch import Tensor, nn
 
 from exporter.artifact import Artifact, ExportOptions
-from exporter.errors import QwenEdgeError
 from exporter.quantize import SCHEMES
-from exporter.config import VisionConfig
-from exporter.vision import VisionTower
+from exporter.vision.tower import VisionTower
+from runtime.config import VisionConfig
+from runtime.contract import (
+    VISION_INPUTS,
+    VISION_METHOD,
+    VISION_ONNX,
+    VISION_OUTPUTS,
+    VISION_PTE,
+    VISION_WEIGHTS_TAG,
+)
+from runtime.errors import QwenEdgeError
 
-VISION_ONNX, VISION_PTE = "vision.onnx", "vision.pte"
-VISION_METHOD = "vision_encoder"
-_VISION_TAG = "vision"  # external data file stem of the .pte: vision.ptd
-INPUT_NAMES = ["pixel_patches", "pos_index", "pos_weight", "rotary_cos", "rotary_sin"]
-OUTPUT_NAMES = ["image_embeds"]
 DEFAULT_MAX_IMAGE_TOKENS = 1024  # a 1024 x 1024 px image: 4096 patches
 
 
@@ -151,13 +154,13 @@ def export_vision_onnx(tower: VisionTower, out_dir: Path, options: ExportOptions
                        max_tokens: int = DEFAULT_MAX_IMAGE_TOKENS) -> Artifact:
     """Write out_dir/vision.onnx (weights inside: the tower is far below 2 GB) and describe it."""
     from exporter.onnx import save_atomically
-    from exporter.quantize_onnx import quantize_linears_onnx
+    from exporter.onnx.quantize import quantize_linears_onnx
 
     _check_scheme(options)
     start = time.perf_counter()
     program = export_program(tower, max_tokens)
     onnx_program = torch.onnx.export(
-        program, dynamo=True, opset_version=18, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+        program, dynamo=True, opset_version=18, input_names=list(VISION_INPUTS), output_names=list(VISION_OUTPUTS),
         optimize=True, verbose=False,
     )
     onnx_model = onnx_program.model
@@ -181,28 +184,26 @@ def export_vision_executorch(tower: VisionTower, out_dir: Path, options: ExportO
 
     A quantized scheme quantizes the tower in place (torchao), as the decoder's ExecuTorch export does.
     """
-    from exporter import executorch as et
-    from exporter.quantize_executorch import quantize_linears_executorch, shape_only_quant_ops
+    from exporter.executorch import lower, quantize_linears_executorch, write_program
+    from exporter.executorch.passes import dynamic_views_as_minus_one
+    from exporter.executorch.private_api import shape_only_quant_ops
 
     _check_scheme(options)
     start = time.perf_counter()
     quantization = {"scheme": options.quant}
     if SCHEMES[options.quant].weight_bits:
         quantization.update(quantize_linears_executorch(tower, options.recipe))
-    with shape_only_quant_ops():
+    with shape_only_quant_ops():  # the export propagates fake tensors through quantized weights too
         program = export_program(tower, max_tokens)
-        program = et.dynamic_views_as_minus_one(program.run_decompositions({}))
-        program = et.tag_external_weights(program, _VISION_TAG)
-        edge, notes = et.lower_to_xnnpack({VISION_METHOD: program}, {})
-        report = et.delegation_report(edge, notes, VISION_METHOD)
-        et_program = et.to_executorch_program(edge, _VISION_TAG)
-    files = et.write_program(et_program, Path(out_dir), VISION_PTE)
+        program = dynamic_views_as_minus_one(program.run_decompositions({}))  # no custom ops to lower
+        lowered = lower({VISION_METHOD: program}, weights_tag=VISION_WEIGHTS_TAG)
+    files = write_program(lowered.program, Path(out_dir), VISION_PTE)
     details = {
         **io_spec(tower, max_tokens),
-        "methods": {VISION_METHOD: {"inputs": INPUT_NAMES, "outputs": OUTPUT_NAMES}},
+        "methods": {VISION_METHOD: {"inputs": list(VISION_INPUTS), "outputs": list(VISION_OUTPUTS)}},
         "backend": "XNNPACK",
         "data_files": files[1:],
-        "export_report": report,
+        "export_report": lowered.report,
         "quantization": quantization,
         "export_seconds": round(time.perf_counter() - start, 1),
     }

@@ -26,8 +26,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from exporter.artifact import state_names
-from exporter.config import ModelConfig
+from runtime.config import ModelConfig
+from runtime.contract import past_name, present_name, state_names
 
 # Kernels that may write their state output into their state input's buffer, and why (ONNX Runtime's CPU kernels).
 ALIAS_SAFE = {
@@ -54,8 +54,8 @@ def state_in_place(path: Path, config: ModelConfig) -> dict[str, Any]:
 
     graph = onnx.load(str(path), load_external_data=False).graph
     states = state_names(config.text)
-    safe = set(in_place_states(graph, {f"past_key_values.{i}.{part}": f"present.{i}.{part}" for i, part in states}))
-    unsafe = {part for i, part in states if f"past_key_values.{i}.{part}" not in safe}
+    safe = set(in_place_states(graph, {past_name(i, part): present_name(i, part) for i, part in states}))
+    unsafe = {part for i, part in states if past_name(i, part) not in safe}
     return {
         "parts": sorted({part for _, part in states} - unsafe),
         "how": "bind present.{i}.{part} to the buffer fed as past_key_values.{i}.{part} (ONNX Runtime I/O binding): "

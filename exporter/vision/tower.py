@@ -18,7 +18,7 @@ patches are one merged token, and merged tokens come out row-major over the
 (h/2, w/2) grid: the order of the decoder's image positions.
 
 Not here: decoding and resizing images (`runtime.image`), splicing embeddings
-into a prompt (`exporter.image_prompt`), loading weights (`exporter.checkpoint`).
+into a prompt (`exporter.vision.prompt`), loading weights (`exporter.checkpoint`).
 
 Shapes: N patches (t·h·w), Q patches per frame (h·w), M merged tokens (N/m²),
 F features per patch (C·Tp·P·P), D hidden, H heads of size Dh, I MLP width,
@@ -29,16 +29,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from exporter.config import VisionConfig
-from exporter.errors import InputError
 from exporter.model import apply_rotary, mean_last, mean_square
+from runtime.config import VisionConfig
+from runtime.errors import InputError
+from runtime.image_prompt import check_grid, grid_tables
 
 Grid = tuple[int, int, int]  # (t, h, w) in patches: frames / temporal patches, rows, columns
 
@@ -47,76 +47,6 @@ _ACTIVATIONS = {
     "gelu": F.gelu,
 }
 _LAYER_NORM_EPS = 1e-6
-
-
-def check_grid(v: VisionConfig, grid: Sequence[int]) -> Grid:
-    """The grid as three Python ints, or an InputError saying what a grid must be."""
-    t, h, w = (int(n) for n in grid)
-    m = v.spatial_merge_size
-    if min(t, h, w) <= 0 or h % m or w % m:
-        raise InputError(
-            f"image grid (t, h, w) = {tuple(grid)}: each side must be positive and h, w multiples of the "
-            f"merge size {m}; preprocess the image with runtime.image so its sides are multiples of "
-            f"{v.patch_size * m} px"
-        )
-    return t, h, w
-
-
-def num_image_tokens(v: VisionConfig, grid: Sequence[int]) -> int:
-    """M: the decoder tokens an image of this grid becomes (one per m × m block of patches)."""
-    t, h, w = check_grid(v, grid)
-    return t * h * w // v.spatial_merge_size**2
-
-
-@dataclass(frozen=True)
-class GridTables:
-    """The encoder's inputs that depend only on an image's grid, per patch in the processor's order (Q = h·w)."""
-
-    pos_index: np.ndarray  # [Q, 4] int64: the four taps of each patch into the S x S position table
-    pos_weight: np.ndarray  # [Q, 4] float32: their bilinear weights (corners aligned)
-    cos: np.ndarray  # [Q, Dh] float32: rotary of the patch's row, then of its column, the pair repeated
-    sin: np.ndarray  # [Q, Dh] float32
-
-
-def _taps(size: int, side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """low [size], high [size], frac [size]: points 0..size-1 mapped onto 0..side-1, corners aligned.
-
-    transformers computes these with an fp32 `torch.linspace`; fp64 here then fp32 weights
-    differ from it by at most an ulp of the weights.
-    """
-    src = np.arange(size, dtype=np.float64) * ((side - 1) / max(size - 1, 1))
-    low = np.floor(src).astype(np.int64)
-    return low, np.minimum(low + 1, side - 1), src - low
-
-
-def grid_tables(v: VisionConfig, grid: Sequence[int]) -> GridTables:
-    """The position taps and rotary tables of one frame of this grid (frames share them)."""
-    _, h, w = check_grid(v, grid)
-    side = math.isqrt(v.num_position_embeddings)
-    row_low, row_high, row_frac = _taps(h, side)
-    col_low, col_high, col_frac = _taps(w, side)
-    rows = np.stack([row_low, row_low, row_high, row_high], axis=-1)[:, None, :]  # [h, 1, 4]
-    cols = np.stack([col_low, col_high, col_low, col_high], axis=-1)[None, :, :]  # [1, w, 4]
-    row_w = np.stack([1 - row_frac, 1 - row_frac, row_frac, row_frac], axis=-1)[:, None, :]  # [h, 1, 4]
-    col_w = np.stack([1 - col_frac, col_frac, 1 - col_frac, col_frac], axis=-1)[None, :, :]  # [1, w, 4]
-    index = _block_order_np(rows * side + cols, v.spatial_merge_size)  # [Q, 4]
-    weight = _block_order_np(row_w * col_w, v.spatial_merge_size).astype(np.float32)  # [Q, 4]
-    # 2-D rotary: Dh/4 frequencies, turned by the patch's row in one quarter of each head's
-    # rotation half and by its column in the other (rotate-half layout, the whole head rotates).
-    quarter = v.head_dim // 4
-    inv_freq = np.array([1.0 / v.rope_theta ** (2 * i / (v.head_dim // 2)) for i in range(quarter)], np.float32)
-    grid_rows = _block_order_np(np.broadcast_to(np.arange(h, dtype=np.float32)[:, None], (h, w)), v.spatial_merge_size)
-    grid_cols = _block_order_np(np.broadcast_to(np.arange(w, dtype=np.float32)[None, :], (h, w)), v.spatial_merge_size)
-    angles = np.concatenate([grid_rows[:, None] * inv_freq, grid_cols[:, None] * inv_freq], axis=-1)  # [Q, Dh/2]
-    angles = np.concatenate([angles, angles], axis=-1)  # [Q, Dh]
-    return GridTables(index, weight, np.cos(angles), np.sin(angles))
-
-
-def _block_order_np(x: np.ndarray, merge: int) -> np.ndarray:
-    """_block_order for numpy arrays."""
-    h, w, *rest = x.shape
-    x = x.reshape(h // merge, merge, w // merge, merge, *rest).swapaxes(1, 2)  # [h/m, w/m, m, m, ...]
-    return x.reshape(h * w, *rest)
 
 
 class LayerNorm(nn.LayerNorm):

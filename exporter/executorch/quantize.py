@@ -18,24 +18,25 @@ With an int8 embedding the program then needs ExecuTorch's quantized kernels lib
 portable kernels and XNNPACK (ExecuTorch's LLM runners link it; `runtime.backends` loads it into
 the Python runtime); with an int4 one, nothing beyond those two.
 
-`shape_only_quant_ops`, entered around the lowering, gives torchao's quantize ops shape-only
-kernels for fake-tensor propagation (see its docstring: a quarter of a quantized lowering's time).
-
-Not here: the scheme policy (`exporter.quantize`), the lowering (`exporter.executorch`).
+Not here: the scheme policy (`exporter.quantize`), the lowering (`exporter.executorch.lower`), the
+shape-only kernels torchao's quantize ops get while lowering (`exporter.executorch.private_api`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import warnings
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from exporter.quantize import (
-    QuantRecipe, check_format, check_group_size, check_shapes, quantized_linears, qparams,
+    QuantRecipe,
+    check_format,
+    check_group_size,
+    check_shapes,
+    qparams,
+    quantized_linears,
 )
 
 # fp16: parameters kept in fp32 (the model computes with them in fp32; see exporter.quantize.HIGH_PRECISION).
@@ -59,7 +60,7 @@ def head_block_rows(rows: int, columns: int, bits: int) -> int:
 class BlockedLinear(nn.Module):
     """A bias-free linear whose weight's rows are split into blocks, each its own linear: outputs concatenated.
 
-    `exporter.executorch`'s partitioner gives each block its own XNNPACK delegate (see HEAD_BLOCK_BYTES).
+    `exporter.executorch.private_api`'s partitioner gives each block its own XNNPACK delegate (see HEAD_BLOCK_BYTES).
     """
 
     def __init__(self, weights: list[Tensor]):
@@ -143,7 +144,8 @@ def _dynamic_int8_weight(weight: Tensor, bits: int, group: int | None) -> Tensor
     head is 254 M weights at 0.8B) and with HQQ in place (2.3x faster, the same integers).
     """
     from torchao.quantization.quantize_.workflows.intx.intx_unpacked_to_int8_tensor import (
-        IntxUnpackedToInt8Tensor, IntxUnpackedToInt8TensorActivationQuantization,
+        IntxUnpackedToInt8Tensor,
+        IntxUnpackedToInt8TensorActivationQuantization,
     )
 
     qdata, scales = qparams(weight, bits, group)
@@ -218,88 +220,3 @@ def quantize_for_executorch(model: nn.Module, recipe: QuantRecipe) -> dict[str, 
     report["matrices"] = _quantize_linears(model, recipe) + 1
     report["embedding"] = _quantize_head_and_embedding(model, recipe)
     return report
-
-
-# ---------------------------------------------------------------------------
-# Shape-only kernels for torchao's quantize ops while lowering
-# ---------------------------------------------------------------------------
-
-
-def _is_fake_propagation(tensor: Tensor | None) -> bool:
-    """A bare FakeTensor with no graph being traced: only the result's shape and dtype are wanted."""
-    from torch._subclasses.fake_tensor import FakeTensor
-
-    return type(tensor) is FakeTensor and torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.PROXY) is None
-
-
-def _shape_only_kernels() -> dict[str, Any]:
-    """torchao's choose_qparams / quantize / dequantize_affine: shape and dtype only on fake tensors, else the op's body.
-
-    The dtype rules are those of the bodies in torchao.quantization.quant_primitives (checked against
-    them by `test_shape_only_quant_ops_match_torchao`).
-    """
-    from torch._inductor.decomposition import decompositions
-    from torchao.quantization import quant_primitives as qp
-
-    ops = torch.ops.torchao
-    body = {name: decompositions[getattr(ops, name).default]
-            for name in ("choose_qparams_affine", "quantize_affine", "dequantize_affine")}
-
-    def choose_qparams_affine(input, mapping_type, block_size, target_dtype, quant_min=None, quant_max=None,
-                              eps=None, scale_dtype=None, zero_point_dtype=None, keepdim=False):
-        if not _is_fake_propagation(input):
-            return body["choose_qparams_affine"](input, mapping_type, block_size, target_dtype, quant_min, quant_max,
-                                                 eps, scale_dtype, zero_point_dtype, keepdim)
-        qp._get_and_check_qmin_qmax(target_dtype, quant_min, quant_max)
-        if keepdim:
-            shape = [size // block for size, block in zip(input.shape, block_size)]
-        else:
-            grouped, reduced = qp._get_reduction_params(block_size, input.shape)
-            shape = [size for dim, size in enumerate(grouped) if dim not in reduced]
-        # the zero point is computed in the input's dtype; an asymmetric one defaults to int32
-        default_zero_dtype = torch.int32 if mapping_type == qp.MappingType.ASYMMETRIC.name else input.dtype
-        return (input.new_empty(shape, dtype=scale_dtype or input.dtype),
-                input.new_empty(shape, dtype=zero_point_dtype or default_zero_dtype))
-
-    def quantize_affine(input, block_size, scale, zero_point, output_dtype, quant_min=None, quant_max=None):
-        if not _is_fake_propagation(input):
-            return body["quantize_affine"](input, block_size, scale, zero_point, output_dtype, quant_min, quant_max)
-        qp._get_and_check_qmin_qmax(output_dtype, quant_min, quant_max)
-        return input.new_empty(input.shape, dtype=torch.uint8 if output_dtype in qp._SUB_BYTE_UINT_BOUNDS else output_dtype)
-
-    def dequantize_affine(input, block_size, scale, zero_point, input_dtype, quant_min=None, quant_max=None,
-                          output_dtype=torch.float32):
-        mismatch = input.dtype != input_dtype and input_dtype not in qp._SUB_BYTE_UINT_BOUNDS  # the body says so
-        if not _is_fake_propagation(input) or mismatch:
-            return body["dequantize_affine"](input, block_size, scale, zero_point, input_dtype, quant_min, quant_max,
-                                             output_dtype)
-        qp._get_and_check_qmin_qmax(input_dtype, quant_min, quant_max)
-        return input.new_empty(input.shape, dtype=output_dtype)
-
-    return {"choose_qparams_affine": choose_qparams_affine, "quantize_affine": quantize_affine,
-            "dequantize_affine": dequantize_affine}
-
-
-@contextlib.contextmanager
-def shape_only_quant_ops() -> Iterator[None]:
-    """While lowering, compute torchao's quantize ops' fake outputs from their shapes alone.
-
-    torchao defines choose_qparams_affine / quantize_affine / dequantize_affine as
-    CompositeImplicitAutograd ops, so every pass that re-propagates fake tensors (export, each
-    decomposition retrace, XNNPACK's preprocess passes, to_executorch) runs each op's Python body,
-    a dozen ops on symbolic shapes, for each of the four such ops of every quantized linear. Here they are overridden with
-    kernels that, on a bare FakeTensor with no graph being traced, return empty tensors of the
-    body's shape and dtype, and otherwise run the body: real tensors compute as before, and a trace
-    that decomposes the op records the same nodes. The lowered program is byte for byte the same
-    (`test_lowering_shortcuts_write_the_same_program`); a 4-layer 8da4w lowering takes 0.76x the time.
-    The override is a torch.library registration that is removed on exit.
-    """
-    library = torch.library.Library("torchao", "IMPL")
-    try:
-        with warnings.catch_warnings():  # "overriding a previously registered kernel": that is the point
-            warnings.simplefilter("ignore", UserWarning)
-            for name, kernel in _shape_only_kernels().items():
-                library.impl(name, kernel, "CompositeImplicitAutograd")
-        yield
-    finally:
-        library._destroy()
