@@ -66,7 +66,7 @@ EXPORTERS: dict[str, tuple[str, str]] = {
 }
 GOLDEN_PROMPT = "import os\nimport sys\n\n\ndef main():\n    "  # code: the trained fixture predicts it with confidence
 GOLDEN_STEPS = 16
-PRESET_SEED = 0  # exporter.checkpoint.open_model builds presets with seed 0
+PRESET_SEED = 0  # a preset's weights are drawn with this seed (`Source.load`); the manifest records it
 TOOLCHAIN = ("torch", "executorch", "torchao", "onnx", "onnxscript", "onnxruntime", "tokenizers", "qwen-edge")
 
 

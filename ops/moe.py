@@ -376,8 +376,6 @@ def _moe_form(form, x, *weights, top_k: int, norm_topk_prob: bool):
 # (as extension/llm/custom_ops does for sdpa); until then the export report names the node as
 # decomposed, not delegated.
 
-executorch_decomposition = moe_gather  # same signature as the op's schema
-
 _GATHER = ExecuTorchLowering(
     fixed(moe_gather), "gathered top-k experts (linears and bmm delegated; index, topk and scatter on the portable kernels)"
 )
