@@ -15,7 +15,6 @@ Not here: tokenizing at run time (`runtime.tokenizer`).
 from __future__ import annotations
 
 import functools
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 from runtime.config import ModelConfig
 from runtime.errors import CheckpointError
+from runtime.files import read_json
 
 COPIED = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 
@@ -56,10 +56,7 @@ class TokenizerInfo:
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: not valid JSON ({err}); fix or remove it") from err
+    data = read_json(path, CheckpointError, "fix or remove it")
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return data

@@ -15,7 +15,6 @@ Not here: what the files mean (tokenizer, golden outputs, artifacts): see
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Any
 from runtime.config import ModelConfig, parse_config
 from runtime.contract import MANIFEST, SCHEMA_VERSION
 from runtime.errors import BundleError, ChecksumError, ConfigError
+from runtime.files import read_json
 
 # Top-level fields of a schema-1 manifest and their JSON types.
 _FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -133,10 +133,7 @@ def open_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
         raise BundleError(f"{root}: not a directory; give a bundle directory written by `qwen-edge export`")
     if not manifest_path.is_file():
         raise BundleError(f"{manifest_path}: not found; is {root} a bundle written by `qwen-edge export`?")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BundleError(f"{manifest_path}: not valid JSON ({err}); re-export the bundle") from err
+    manifest = read_json(manifest_path, BundleError, "re-export the bundle")
     _check_schema(manifest, manifest_path)
     for where, entry in file_entries(manifest):
         _check_entry(root, entry, where, manifest_path, verify)

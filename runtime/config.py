@@ -11,7 +11,6 @@ config); the exporter's presets (`exporter.config`) build the same dataclasses.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import ConfigError
+from runtime.files import read_json
 
 LINEAR = "linear_attention"
 FULL = "full_attention"
@@ -127,11 +127,7 @@ def load_config(path: str | Path) -> ModelConfig:
     file = path / "config.json" if path.is_dir() else path
     if not file.is_file():
         raise ConfigError(f"{file}: not found; a checkpoint directory must hold the HF config.json")
-    try:
-        raw = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{file}: not valid JSON ({err}); re-download the checkpoint's config.json") from err
-    return parse_config(raw)
+    return parse_config(read_json(file, ConfigError, "re-download the checkpoint's config.json"))
 
 
 def parse_config(raw: Mapping[str, Any]) -> ModelConfig:

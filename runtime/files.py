@@ -9,6 +9,8 @@ and never touches what was already at the target.
   moved into a directory in a given order;
 - `place_dir`: a whole directory (a bundle, a checkpoint) renamed into place, optionally
   swapped with the one already there.
+
+And the one reader of the JSON files a user hands us (`read_json`), which names the file and the fix.
 """
 
 from __future__ import annotations
@@ -35,6 +37,14 @@ def write_atomically(path: str | Path, data: str | bytes) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)  # only still there if the write or the rename failed
+
+
+def read_json(path: Path, error: type[Exception], fix: str) -> Any:
+    """The parsed JSON of `path`, or `error` naming the file, what is wrong with it and `fix`."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise error(f"{path}: not valid JSON ({err}); {fix}") from err
 
 
 def write_json(path: str | Path, data: Any) -> None:
